@@ -1,0 +1,47 @@
+"""rstick: sticky workflow runs and fast jobs on Redis Streams."""
+
+from .app import Rstick, StepDef, WorkflowDef
+from .client import AsyncRunRef, RunRef
+from .context import Context
+from .errors import (
+    DefinitionError,
+    ResultTimeout,
+    RstickError,
+    RunCancelled,
+    RunFailed,
+    RunNotFound,
+    SchedulingTimeout,
+    SerializationError,
+    StepTimeout,
+    StickyChildError,
+    UnknownWorkflow,
+)
+from .records import Run, RunStatus, StepState, StepStatus, StickyStrategy, WorkerInfo
+from .worker import Worker
+
+__all__ = [
+    "AsyncRunRef",
+    "Context",
+    "DefinitionError",
+    "ResultTimeout",
+    "Rstick",
+    "RstickError",
+    "Run",
+    "RunCancelled",
+    "RunFailed",
+    "RunNotFound",
+    "RunRef",
+    "RunStatus",
+    "SchedulingTimeout",
+    "SerializationError",
+    "StepDef",
+    "StepState",
+    "StepStatus",
+    "StepTimeout",
+    "StickyChildError",
+    "StickyStrategy",
+    "UnknownWorkflow",
+    "WorkerInfo",
+    "WorkflowDef",
+    "Worker",
+]

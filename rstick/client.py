@@ -1,0 +1,395 @@
+"""The client side: enqueue runs, wait for their results, read runs and workers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+import redis
+import redis.asyncio as aioredis
+
+from .app import WorkflowDef
+from .codec import pack, unpack
+from .errors import (
+    ResultTimeout,
+    RunCancelled,
+    RunFailed,
+    RunNotFound,
+    StepError,
+    UnknownWorkflow,
+)
+from .records import FINISHED, Run, RunStatus, WorkerInfo
+from .scripts import Scripts
+
+if TYPE_CHECKING:
+    from .app import Rstick
+
+WAIT_POLL = 1.0  # seconds between status checks while waiting, should a notice be missed
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Client:
+    """Enqueues runs and reads state; one per app, sync and async clients made lazily."""
+
+    def __init__(self, app: Rstick) -> None:
+        self.app = app
+        self.keys = app.keys
+        self._sync: redis.Redis | None = None
+        self._async: aioredis.Redis | None = None
+        self._sync_scripts: Scripts | None = None
+        self._async_scripts: Scripts | None = None
+        self._defs: dict[str, WorkflowDef] = {}
+        self._registered: set[str] = set()
+
+    # -- connections -------------------------------------------------------
+
+    @property
+    def redis(self) -> redis.Redis:
+        if self._sync is None:
+            self._sync = redis.Redis.from_url(str(self.app.redis_url))
+        return self._sync
+
+    @property
+    def scripts(self) -> Scripts:
+        if self._sync_scripts is None:
+            self._sync_scripts = Scripts.register(self.redis)
+        return self._sync_scripts
+
+    @property
+    def aredis(self) -> aioredis.Redis:
+        if self._async is None:
+            self._async = aioredis.Redis.from_url(str(self.app.redis_url))
+        return self._async
+
+    @property
+    def ascripts(self) -> Scripts:
+        if self._async_scripts is None:
+            self._async_scripts = Scripts.register(self.aredis)
+        return self._async_scripts
+
+    def use(self, sync: redis.Redis | None = None, aio: aioredis.Redis | None = None) -> None:
+        """Use these clients instead of connecting to ``redis_url`` (tests, fakeredis)."""
+        if sync is not None:
+            self._sync, self._sync_scripts = sync, None
+        if aio is not None:
+            self._async, self._async_scripts = aio, None
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+        self._sync = None
+
+    # -- definitions -------------------------------------------------------
+
+    def definition(self, name: str) -> WorkflowDef:
+        """The local definition, else the one a worker registered (cached)."""
+        wf = self.app.workflows.get(name) or self._defs.get(name)
+        if wf is None:
+            raw = self.redis.hget(self.keys.workflows, name)
+            if raw is None:
+                raise UnknownWorkflow(name)
+            wf = self._defs[name] = WorkflowDef.from_json(raw)  # type: ignore[arg-type]
+        return wf
+
+    async def adefinition(self, name: str) -> WorkflowDef:
+        wf = self.app.workflows.get(name) or self._defs.get(name)
+        if wf is None:
+            raw = await self.aredis.hget(self.keys.workflows, name)
+            if raw is None:
+                raise UnknownWorkflow(name)
+            wf = self._defs[name] = WorkflowDef.from_json(raw)
+        return wf
+
+    def _register_local(self, pipe: Any, wf: WorkflowDef) -> None:
+        """A workflow defined in this process may be enqueued before any worker starts."""
+        if wf.name in self.app.workflows and wf.name not in self._registered:
+            pipe.hset(self.keys.workflows, wf.name, wf.to_json())
+            self._registered.add(wf.name)
+
+    # -- enqueue -----------------------------------------------------------
+
+    def enqueue_args(
+        self, wf: WorkflowDef, run_id: str, input: Any, *, delay: float = 0.0,
+        pin: str = "", parent: tuple[str, str] = ("", ""),
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of enqueue.lua; packing the input first refuses bad values."""
+        data = pack(input, "input")
+        now = int(time.time() * 1000)
+        args: list[Any] = [
+            self.keys.prefix, run_id, wf.name, "task" if wf.is_task else "workflow",
+            wf.sticky.value, wf.queue, data, now, pin, parent[0], parent[1],
+            int(self.app.retention), now + int(delay * 1000) if delay > 0 else 0,
+            len(wf.steps),
+        ]
+        for s in wf.steps.values():
+            args += [s.name, len(s.parents)]
+        roots = wf.roots
+        args += [len(roots), *roots]
+        return [self.keys.workflows], args
+
+    def _checked(self, wf: WorkflowDef, result: bytes | str) -> None:
+        if (result.decode() if isinstance(result, bytes) else result) == "unknown":
+            self._defs.pop(wf.name, None)
+            raise UnknownWorkflow(wf.name)
+
+    def enqueue(
+        self, workflow: str, input: Any = None, *, run_id: str | None = None,
+        delay: float = 0.0, pin: str = "", parent: tuple[str, str] = ("", ""),
+    ) -> RunRef:
+        wf = self.definition(workflow)
+        run_id = run_id or new_run_id()
+        keys, args = self.enqueue_args(wf, run_id, input, delay=delay, pin=pin, parent=parent)
+        pipe = self.redis.pipeline(transaction=False)
+        self._register_local(pipe, wf)
+        self.scripts.enqueue(keys=keys, args=args, client=pipe)
+        self._checked(wf, pipe.execute()[-1])
+        return RunRef(self, run_id)
+
+    def enqueue_many(self, workflow: str, inputs: Iterable[Any]) -> list[RunRef]:
+        wf = self.definition(workflow)
+        calls = [self.enqueue_args(wf, new_run_id(), i) for i in inputs]
+        pipe = self.redis.pipeline(transaction=False)
+        self._register_local(pipe, wf)
+        for keys, args in calls:
+            self.scripts.enqueue(keys=keys, args=args, client=pipe)
+        results = pipe.execute()
+        if results:
+            self._checked(wf, results[-1])
+        return [RunRef(self, args[1]) for _, args in calls]
+
+    async def aenqueue(
+        self, workflow: str, input: Any = None, *, run_id: str | None = None,
+        delay: float = 0.0, pin: str = "", parent: tuple[str, str] = ("", ""),
+    ) -> AsyncRunRef:
+        wf = await self.adefinition(workflow)
+        run_id = run_id or new_run_id()
+        keys, args = self.enqueue_args(wf, run_id, input, delay=delay, pin=pin, parent=parent)
+        pipe = self.aredis.pipeline(transaction=False)
+        self._register_local(pipe, wf)
+        self.ascripts.enqueue(keys=keys, args=args, client=pipe)
+        self._checked(wf, (await pipe.execute())[-1])
+        return AsyncRunRef(self, run_id)
+
+    # -- events ------------------------------------------------------------
+
+    def _event_runs(self, event: str, key: str | None, names: Iterable[bytes]) -> list[tuple[str, str]]:
+        """(workflow, run id) per listener; a key makes the run ids, and so the runs, unique."""
+        out = []
+        for raw in sorted(names):
+            name = raw.decode()
+            if key is None:
+                run_id = new_run_id()
+            else:
+                run_id = hashlib.sha256(f"{event}\0{key}\0{name}".encode()).hexdigest()[:32]
+            out.append((name, run_id))
+        return out
+
+    def _listeners(self, event: str) -> set[bytes]:
+        names: set[bytes] = set(self.redis.smembers(self.keys.event(event)))  # type: ignore[arg-type]
+        names |= {w.name.encode() for w in self.app.workflows.values() if event in w.on_events}
+        return names
+
+    def emit(self, event: str, data: Any = None, *, key: str | None = None) -> list[RunRef]:
+        refs = []
+        for name, run_id in self._event_runs(event, key, self._listeners(event)):
+            refs.append(self.enqueue(name, data, run_id=run_id))
+        return refs
+
+    async def aemit(self, event: str, data: Any = None, *, key: str | None = None) -> list[AsyncRunRef]:
+        names: set[bytes] = set(await self.aredis.smembers(self.keys.event(event)))
+        names |= {w.name.encode() for w in self.app.workflows.values() if event in w.on_events}
+        refs = []
+        for name, run_id in self._event_runs(event, key, names):
+            refs.append(await self.aenqueue(name, data, run_id=run_id))
+        return refs
+
+    # -- reading -----------------------------------------------------------
+
+    def get_run(self, run_id: str) -> Run:
+        raw = self.redis.hgetall(self.keys.run(run_id))
+        if not raw:
+            raise RunNotFound(run_id)
+        return Run.from_hash(run_id, raw)  # type: ignore[arg-type]
+
+    def history(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's history stream, oldest first: one dict per event, with its time."""
+        out = []
+        for entry_id, fields in self.redis.xrange(self.keys.hist(run_id)):  # type: ignore[union-attr]
+            event = {k.decode(): v.decode() for k, v in fields.items()}
+            event["at"] = int(entry_id.split(b"-")[0]) / 1000  # type: ignore[assignment]
+            out.append(event)
+        return out
+
+    def list_runs(self, status: str | None = None, limit: int = 20) -> list[Run]:
+        """Most recent runs first; with ``status``, only those (scans at most 10,000)."""
+        ids = [i.decode() for i in self.redis.zrevrange(self.keys.runs, 0, 9999 if status else limit - 1)]  # type: ignore[union-attr]
+        runs: list[Run] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            pipe = self.redis.pipeline(transaction=False)
+            for run_id in chunk:
+                pipe.hgetall(self.keys.run(run_id))
+            for run_id, raw in zip(chunk, pipe.execute(), strict=True):
+                if raw and (status is None or raw.get(b"status", b"").decode() == status):
+                    runs.append(Run.from_hash(run_id, raw))
+                    if len(runs) >= limit:
+                        return runs
+        return runs
+
+    def list_workers(self) -> list[WorkerInfo]:
+        now = time.time()
+        beats = self.redis.zrange(self.keys.workers, 0, -1, withscores=True)
+        pipe = self.redis.pipeline(transaction=False)
+        for wid, _ in beats:  # type: ignore[union-attr]
+            pipe.hgetall(self.keys.worker(wid.decode()))
+            pipe.scard(self.keys.pinned(wid.decode()))
+        replies = pipe.execute()
+        workers = []
+        for n, (wid, beat) in enumerate(beats):  # type: ignore[arg-type]
+            info, pinned = replies[2 * n], replies[2 * n + 1]
+            get = lambda k, d="": info.get(k.encode(), d.encode()).decode()  # noqa: E731
+            workers.append(
+                WorkerInfo(
+                    worker_id=wid.decode(), host=get("host"), pid=int(get("pid", "0")),
+                    queues=get("queues").split(), concurrency=int(get("concurrency", "0")),
+                    running=int(get("running", "0")), pinned=pinned,
+                    started_at=int(get("started", "0")) / 1000 or None,
+                    last_heartbeat=beat / 1000,
+                    alive=now - beat / 1000 <= float(get("ttl", str(self.app.worker_ttl))),
+                    workflows=get("workflows").split(),
+                )
+            )
+        return workers
+
+    # -- results -----------------------------------------------------------
+
+    def outcome(self, run_id: str, raw_status: bytes | None) -> Any:
+        """The result of a finished run, or the exception that says why there is none."""
+        status = RunStatus(raw_status.decode()) if raw_status else None
+        if status == RunStatus.SUCCEEDED:
+            outs = {k.decode(): unpack(v) for k, v in self.redis.hgetall(self.keys.out(run_id)).items()}  # type: ignore[union-attr]
+            return _shape(self.get_run(run_id), outs)
+        return self._raise_for(self.get_run(run_id))
+
+    async def aoutcome(self, run_id: str) -> Any:
+        raw = await self.aredis.hgetall(self.keys.run(run_id))
+        run = Run.from_hash(run_id, raw)
+        if run.status == RunStatus.SUCCEEDED:
+            outs = {k.decode(): unpack(v) for k, v in (await self.aredis.hgetall(self.keys.out(run_id))).items()}
+            return _shape(run, outs)
+        return self._raise_for(run)
+
+    @staticmethod
+    def _raise_for(run: Run) -> Any:
+        if run.status == RunStatus.CANCELLED:
+            raise RunCancelled(run.run_id)
+        step = run.error_step or ""
+        error = run.step(step).error if step else None
+        raise RunFailed(run.run_id, step, error or StepError("Error", "unknown failure"))
+
+
+def _shape(run: Run, outs: dict[str, Any]) -> Any:
+    """A task's result is its one output; a workflow's is ``{step: output}``."""
+    if run.is_task:
+        return outs.get(run.steps[0].name)
+    return {s.name: outs.get(s.name) for s in run.steps}
+
+
+class RunRef:
+    """A handle on a run: its id, its state, and its result once it finishes."""
+
+    def __init__(self, client: Client, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+        # A step waiting on its sticky child lends its slot to the child meanwhile.
+        self.while_waiting: Callable[[], AbstractContextManager[None]] = nullcontext
+
+    def __repr__(self) -> str:
+        return f"RunRef({self.run_id!r})"
+
+    def status(self) -> RunStatus:
+        raw = self.client.redis.hget(self.client.keys.run(self.run_id), "status")
+        if raw is None:
+            raise RunNotFound(self.run_id)
+        return RunStatus(raw.decode())  # type: ignore[union-attr]
+
+    def get(self) -> Run:
+        return self.client.get_run(self.run_id)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the run; return its outputs or raise RunFailed / RunCancelled."""
+        with self.while_waiting():
+            return self._wait(timeout)
+
+    def _wait(self, timeout: float | None) -> Any:
+        keys = self.client.keys
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pubsub = self.client.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(keys.done(self.run_id))
+            while True:
+                raw = self.client.redis.hget(keys.run(self.run_id), "status")
+                if raw is None:
+                    raise RunNotFound(self.run_id)
+                if RunStatus(raw.decode()) in FINISHED:  # type: ignore[union-attr]
+                    return self.client.outcome(self.run_id, raw)  # type: ignore[arg-type]
+                wait = WAIT_POLL
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        raise ResultTimeout(f"run {self.run_id} did not finish in {timeout}s")
+                pubsub.get_message(timeout=wait)
+        finally:
+            pubsub.close()
+
+
+class AsyncRunRef:
+    """The async twin of RunRef, for ``aenqueue`` and ``aspawn_workflow``."""
+
+    def __init__(self, client: Client, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.while_waiting: Callable[[], AbstractContextManager[None]] = nullcontext
+
+    def __repr__(self) -> str:
+        return f"AsyncRunRef({self.run_id!r})"
+
+    async def status(self) -> RunStatus:
+        raw = await self.client.aredis.hget(self.client.keys.run(self.run_id), "status")
+        if raw is None:
+            raise RunNotFound(self.run_id)
+        return RunStatus(raw.decode())
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for the run; return its outputs or raise RunFailed / RunCancelled."""
+        with self.while_waiting():
+            return await self._wait(timeout)
+
+    async def _wait(self, timeout: float | None) -> Any:
+        keys = self.client.keys
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pubsub = self.client.aredis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(keys.done(self.run_id))
+            while True:
+                if (await self.status()) in FINISHED:
+                    return await self.client.aoutcome(self.run_id)
+                wait = WAIT_POLL
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        raise ResultTimeout(f"run {self.run_id} did not finish in {timeout}s")
+                try:
+                    await pubsub.get_message(timeout=wait)
+                except asyncio.TimeoutError:  # pragma: no cover - redis-py versions differ
+                    pass
+        finally:
+            await pubsub.aclose()

@@ -1,0 +1,72 @@
+"""Exceptions raised by rstick."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class RstickError(Exception):
+    """Base class of every rstick error."""
+
+
+class UnknownWorkflow(RstickError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown workflow {name!r}")
+        self.name = name
+
+
+class DefinitionError(RstickError):
+    """A workflow or step definition is invalid (cycle, unknown parent, duplicate)."""
+
+
+class SerializationError(RstickError, TypeError):
+    """A value is not a msgpack value; the message names the offending path."""
+
+
+class StickyChildError(RstickError):
+    """A sticky child workflow cannot be spawned here."""
+
+
+class StepTimeout(RstickError):
+    """A step ran longer than its ``timeout``."""
+
+
+class SchedulingTimeout(RstickError):
+    """A HARD run's worker did not come back before the run's deadline."""
+
+
+class RunNotFound(RstickError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} not found")
+        self.run_id = run_id
+
+
+class ResultTimeout(RstickError, TimeoutError):
+    """``RunRef.result`` gave up waiting."""
+
+
+@dataclass
+class StepError:
+    """What a failed step left behind."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+
+class RunFailed(RstickError):
+    """The run failed; carries the failing step and its error."""
+
+    def __init__(self, run_id: str, step: str, error: StepError) -> None:
+        super().__init__(f"run {run_id} failed in step {step!r}: {error.type}: {error.message}")
+        self.run_id = run_id
+        self.step = step
+        self.error_type = error.type
+        self.error_message = error.message
+        self.traceback = error.traceback
+
+
+class RunCancelled(RstickError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} was cancelled")
+        self.run_id = run_id

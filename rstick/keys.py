@@ -1,0 +1,72 @@
+"""Redis key names. Every key of a namespace shares the hash tag ``{ns}``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GROUP = "rstick"
+
+
+@dataclass(frozen=True)
+class Keys:
+    namespace: str = "rstick"
+
+    @property
+    def prefix(self) -> str:
+        return "{%s}" % self.namespace
+
+    @property
+    def workflows(self) -> str:
+        return f"{self.prefix}:wf"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    @property
+    def delayed(self) -> str:
+        return f"{self.prefix}:delayed"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    @property
+    def runs(self) -> str:
+        """Zset of run ids by creation time, for `runs list`."""
+        return f"{self.prefix}:runs"
+
+    @property
+    def leader(self) -> str:
+        return f"{self.prefix}:leader"
+
+    def queue(self, name: str) -> str:
+        return f"{self.prefix}:q:{name}"
+
+    def personal(self, worker: str) -> str:
+        return f"{self.prefix}:w:{worker}"
+
+    def worker(self, worker: str) -> str:
+        return f"{self.prefix}:worker:{worker}"
+
+    def pinned(self, worker: str) -> str:
+        return f"{self.prefix}:pinned:{worker}"
+
+    def run(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}"
+
+    def out(self, run_id: str) -> str:
+        return f"{self.prefix}:out:{run_id}"
+
+    def hist(self, run_id: str) -> str:
+        return f"{self.prefix}:hist:{run_id}"
+
+    def done(self, run_id: str) -> str:
+        """List that receives one element when the run finishes (waiters block on it)."""
+        return f"{self.prefix}:done:{run_id}"
+
+    def event(self, name: str) -> str:
+        return f"{self.prefix}:ev:{name}"
+
+    def emitted(self, key: str) -> str:
+        return f"{self.prefix}:emitted:{key}"

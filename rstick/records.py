@@ -1,0 +1,194 @@
+"""Records that cross Redis: runs, their steps, workers. The state machine lives here."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from .codec import unpack
+from .errors import StepError
+
+
+class StickyStrategy(enum.StrEnum):
+    """SOFT: a lost worker's runs move to another worker. HARD: they wait for it."""
+
+    SOFT = "soft"
+    HARD = "hard"
+    NONE = "none"
+
+
+class RunStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class StepStatus(enum.StrEnum):
+    WAITING = "waiting"  # parents not done yet
+    QUEUED = "queued"  # in a stream (or held until the run is pinned)
+    RUNNING = "running"
+    RETRYING = "retrying"  # failed, next attempt in the delayed set
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ABANDONED = "abandoned"  # finished after its run had already ended
+
+
+def _s(raw: dict[bytes, bytes], name: str, default: str = "") -> str:
+    v = raw.get(name.encode())
+    return v.decode() if v is not None else default
+
+
+def _ms(raw: dict[bytes, bytes], name: str) -> float | None:
+    v = raw.get(name.encode())
+    return int(v) / 1000 if v else None
+
+
+@dataclass
+class StepState:
+    name: str
+    status: StepStatus
+    attempts: int
+    worker: str | None
+    started_at: float | None
+    finished_at: float | None
+    error: StepError | None
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status.value,
+            "worker": self.worker,
+            "attempts": self.attempts,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration": self.duration,
+            "error": None if self.error is None else vars(self.error),
+        }
+
+
+def decode_error(data: bytes | None) -> StepError | None:
+    if not data:
+        return None
+    value = unpack(data)
+    if isinstance(value, dict):
+        return StepError(
+            str(value.get("type", "")), str(value.get("message", "")), str(value.get("tb", ""))
+        )
+    return StepError("Error", str(value))
+
+
+@dataclass
+class Run:
+    """A run as stored in ``{ns}:run:<id>``."""
+
+    run_id: str
+    workflow: str
+    status: RunStatus
+    sticky: StickyStrategy
+    worker: str | None
+    epoch: int
+    queue: str
+    created_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    steps: list[StepState]
+    error_step: str | None = None
+    parent: str | None = None  # "run_id/step" of the run that spawned this one
+    parked_until: float | None = None
+    is_task: bool = False
+    reassigned: bool = False
+    children: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_hash(cls, run_id: str, raw: dict[bytes, bytes]) -> Run:
+        steps = []
+        for name in _s(raw, "steps").split():
+            steps.append(
+                StepState(
+                    name=name,
+                    status=StepStatus(_s(raw, f"{name}.st", "waiting")),
+                    attempts=int(_s(raw, f"{name}.a", "0")),
+                    worker=_s(raw, f"{name}.w") or None,
+                    started_at=_ms(raw, f"{name}.t0"),
+                    finished_at=_ms(raw, f"{name}.t1"),
+                    error=decode_error(raw.get(f"{name}.e".encode())),
+                )
+            )
+        parent_run = _s(raw, "parent_run")
+        return cls(
+            run_id=run_id,
+            workflow=_s(raw, "wf"),
+            status=RunStatus(_s(raw, "status", "queued")),
+            sticky=StickyStrategy(_s(raw, "sticky", "none")),
+            worker=_s(raw, "worker") or None,
+            epoch=int(_s(raw, "epoch", "0")),
+            queue=_s(raw, "queue"),
+            created_at=_ms(raw, "created"),
+            started_at=_ms(raw, "started"),
+            finished_at=_ms(raw, "finished"),
+            steps=steps,
+            error_step=_s(raw, "error_step") or None,
+            parent=f"{parent_run}/{_s(raw, 'parent_step')}" if parent_run else None,
+            parked_until=_ms(raw, "parked"),
+            is_task=_s(raw, "kind") == "task",
+            reassigned=_s(raw, "reassigned") == "1",
+        )
+
+    def step(self, name: str) -> StepState:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "workflow": self.workflow,
+            "status": self.status.value,
+            "sticky": self.sticky.value,
+            "worker": self.worker,
+            "epoch": self.epoch,
+            "queue": self.queue,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error_step": self.error_step,
+            "parent": self.parent,
+            "children": self.children,
+            "parked_until": self.parked_until,
+            "steps": [s.to_json() for s in self.steps],
+        }
+
+
+@dataclass
+class WorkerInfo:
+    worker_id: str
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    running: int
+    pinned: int
+    started_at: float | None
+    last_heartbeat: float | None
+    alive: bool
+    workflows: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))

@@ -1,0 +1,490 @@
+"""The worker: read entries, claim them, run their steps, complete them in batches.
+
+The loop is three small coroutines that share one asyncio event loop:
+
+- ``_fetch_loop``: while slots are free, read the personal stream first, then
+  the shared queues (blocking), and claim what was read in one script call;
+- ``_complete_loop``: send finished steps' outcomes in one script call per batch;
+- ``_tick_loop``: heartbeats, due delayed entries, the reaper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .app import Rstick, StepDef, WorkflowDef
+from .codec import pack, unpack
+from .context import Context
+from .errors import StepTimeout
+from .keys import GROUP
+from .scripts import Scripts
+
+log = logging.getLogger("rstick.worker")
+
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+ENTRY_FIELDS = (b"r", b"s", b"a", b"e", b"w")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stream entry as read: where it came from and its raw fields."""
+
+    stream: str
+    entry_id: str
+    fields: dict[bytes, bytes]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed step: everything needed to run it and to complete it."""
+
+    stream: str
+    entry_id: str
+    run_id: str
+    workflow: WorkflowDef
+    step: StepDef
+    attempt: int
+    epoch: int
+
+
+class Worker:
+    """Runs the steps of the app's workflows. ``run()`` blocks until stopped."""
+
+    def __init__(
+        self,
+        app: Rstick,
+        *,
+        worker_id: str | None = None,
+        concurrency: int = 10,
+        queues: list[str] | None = None,
+        drain_timeout: float = 30.0,
+        block: float = 1.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self.app = app
+        self.keys = app.keys
+        self._id = worker_id or default_worker_id()
+        self.concurrency = concurrency
+        self.queues = queues or sorted({wf.queue for wf in app.workflows.values()}) or ["default"]
+        self.drain_timeout = drain_timeout
+        self.block_ms = int(block * 1000)
+        self.personal = self.keys.personal(self._id)
+        self.instances = {wf.name: wf.cls() for wf in app.workflows.values() if wf.cls}
+        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix=f"rstick-{self._id}")
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.outcomes: list[list[Any]] = []
+        self.stopping = False
+        self.steps_done = 0
+        self._lent = 0
+        self._slot_freed = asyncio.Event()
+        self._outcome_ready = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self.app.client.aredis
+
+    @property
+    def scripts(self) -> Scripts:
+        return self.app.client.ascripts
+
+    @property
+    def free(self) -> int:
+        return self.concurrency + self._lent - len(self.running)
+
+    # -- start and stop ----------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the streams' groups and register this worker and its workflows."""
+        self._loop = asyncio.get_running_loop()
+        for stream in [self.personal, *(self.keys.queue(q) for q in self.queues)]:
+            with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
+                await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        pipe = self.redis.pipeline(transaction=False)
+        for wf in self.app.workflows.values():
+            pipe.hset(self.keys.workflows, wf.name, wf.to_json())
+            for event in wf.on_events:
+                pipe.sadd(self.keys.event(event), wf.name)
+        pipe.hset(
+            self.keys.worker(self._id),
+            mapping={
+                "host": socket.gethostname(), "pid": os.getpid(), "queues": " ".join(self.queues),
+                "concurrency": self.concurrency, "started": now_ms(), "running": 0,
+                "ttl": self.app.worker_ttl, "workflows": " ".join(self.app.workflows),
+            },
+        )
+        pipe.zadd(self.keys.workers, {self._id: now_ms()})
+        await pipe.execute()
+        log.info("worker %s started: queues %s, concurrency %d", self._id, self.queues,
+                 self.concurrency)
+
+    async def main(self) -> None:
+        """Start, serve until ``stop`` is requested, drain, deregister."""
+        await self.start()
+        self._stop_requested = asyncio.Event()
+        loops = [
+            asyncio.create_task(self._fetch_loop(), name="fetch"),
+            asyncio.create_task(self._complete_loop(), name="complete"),
+            asyncio.create_task(self._tick_loop(), name="tick"),
+        ]
+        await self._stop_requested.wait()
+        await self._drain(loops)
+
+    def request_stop(self) -> None:
+        """Stop taking new work; a second call stops at once."""
+        if self.stopping:
+            log.warning("second stop signal: exiting now")
+            os._exit(1)
+        log.info("stopping: finishing %d running steps (at most %.0fs)", len(self.running),
+                 self.drain_timeout)
+        self.stopping = True
+        self._stop_requested.set()
+        self._slot_freed.set()
+
+    def run(self) -> None:
+        """Run until SIGINT or SIGTERM; returns after a clean drain."""
+
+        async def serve() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.request_stop)
+            await self.main()
+
+        asyncio.run(serve())
+
+    async def _drain(self, loops: list[asyncio.Task[None]]) -> None:
+        fetch, complete, tick = loops
+        await asyncio.wait([fetch], timeout=self.block_ms / 1000 + 1)
+        if self.running:
+            _, late = await asyncio.wait(list(self.running.values()), timeout=self.drain_timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("%d steps did not finish in %.0fs; they will be re-run", len(late),
+                            self.drain_timeout)
+        for task in (fetch, tick):
+            task.cancel()
+        self._outcome_ready.set()
+        await self.flush()
+        complete.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await self.deregister()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def deregister(self) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(self.keys.workers, self._id)
+        pipe.delete(self.keys.worker(self._id))
+        await pipe.execute()
+        log.info("worker %s stopped after %d steps", self._id, self.steps_done)
+
+    # -- the loops ---------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        backoff = Backoff("read")
+        while not self.stopping:
+            if self.free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                entries = await self.read(self.free, self.block_ms)
+                if entries:
+                    await self.claim(entries)
+                backoff.reset()
+            except TRANSIENT as exc:
+                await backoff.wait(exc)
+
+    async def _complete_loop(self) -> None:
+        backoff = Backoff("complete")
+        while True:
+            await self._outcome_ready.wait()
+            self._outcome_ready.clear()
+            try:
+                await self.flush()
+                backoff.reset()
+            except TRANSIENT as exc:
+                self._outcome_ready.set()
+                await backoff.wait(exc)
+
+    async def _tick_loop(self) -> None:
+        """Every 100 ms move due delayed entries; every ``heartbeat`` seconds, beat."""
+        backoff = Backoff("tick")
+        next_beat = 0.0
+        while True:
+            try:
+                if time.monotonic() >= next_beat:
+                    await self.beat()
+                    next_beat = time.monotonic() + self.app.heartbeat
+                await self.move_due()
+                backoff.reset()
+                await asyncio.sleep(0.1)
+            except TRANSIENT as exc:
+                await backoff.wait(exc)
+
+    async def run_once(self) -> int:
+        """One non-blocking pass, for tests: move due, read, run to the end, complete."""
+        await self.move_due()
+        started = 0
+        if self.free > 0:
+            entries = await self.read(self.free, None)
+            started = await self.claim(entries)
+        if self.running:
+            await asyncio.wait(list(self.running.values()))
+        await self.flush()
+        return started
+
+    # -- the phases --------------------------------------------------------
+
+    async def beat(self) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(self.keys.workers, {self._id: now_ms()})
+        pipe.hset(self.keys.worker(self._id), "running", len(self.running))
+        await pipe.execute()
+
+    async def move_due(self) -> int:
+        moved: int = await self.scripts.due(
+            keys=[self.keys.workflows], args=[self.keys.prefix, now_ms(), 100]
+        )
+        return moved
+
+    async def read(self, free: int, block_ms: int | None) -> list[Entry]:
+        """Up to ``free`` entries: the personal stream first, then the shared queues."""
+        reply = await self.redis.xreadgroup(GROUP, self._id, {self.personal: ">"}, count=free)
+        entries = _entries(reply)
+        if len(entries) < free:
+            streams = {self.keys.queue(q): ">" for q in self.queues}
+            if not entries:
+                streams = {self.personal: ">", **streams}
+            wait = None if entries else block_ms
+            entries += _entries(
+                await self.redis.xreadgroup(GROUP, self._id, streams, count=free - len(entries),
+                                            block=wait)
+            )
+        if len(entries) > free:  # COUNT is per stream: give the surplus back
+            await self.release(entries[free:])
+            entries = entries[:free]
+        return entries
+
+    async def release(self, entries: list[Entry]) -> None:
+        args: list[Any] = [len(entries)]
+        for e in entries:
+            args += [e.stream, e.entry_id]
+            for k, v in e.fields.items():
+                args += [k, v]
+            args.append("")
+        await self.scripts.release(keys=[self.keys.workflows], args=args)
+
+    async def bury(self, entry: Entry, reason: str) -> None:
+        """Dead-letter an entry that is not a valid rstick message; the worker goes on."""
+        log.warning("dead-lettering %s %s: %s", entry.stream, entry.entry_id, reason)
+        args: list[Any] = [self.keys.prefix, self._id, entry.stream, entry.entry_id, reason]
+        for k, v in entry.fields.items():
+            args += [k, v]
+        await self.scripts.bury(keys=[self.keys.workflows], args=args)
+
+    def _job(self, entry: Entry) -> Job | str:
+        """The job an entry stands for, or why it is not one."""
+        f = entry.fields
+        missing = [k.decode() for k in ENTRY_FIELDS if k not in f]
+        if missing:
+            return f"malformed entry: missing fields {missing}"
+        try:
+            attempt, epoch = int(f[b"a"]), int(f[b"e"])
+            wf_name, step_name = f[b"w"].decode(), f[b"s"].decode()
+            run_id = f[b"r"].decode()
+        except (ValueError, UnicodeDecodeError):
+            return "malformed entry: bad field values"
+        wf = self.app.workflows.get(wf_name)
+        if wf is None:
+            return f"worker {self._id} has no workflow {wf_name!r}"
+        step = wf.steps.get(step_name)
+        if step is None:
+            return f"workflow {wf_name!r} has no step {step_name!r}"
+        return Job(entry.stream, entry.entry_id, run_id, wf, step, attempt, epoch)
+
+    async def claim(self, entries: list[Entry]) -> int:
+        """Claim a batch in one script call and start what is ours; returns steps started."""
+        jobs: list[Job] = []
+        for entry in entries:
+            job = self._job(entry)
+            if isinstance(job, str):
+                await self.bury(entry, job)
+            else:
+                jobs.append(job)
+        if not jobs:
+            return 0
+        args: list[Any] = [self.keys.prefix, self._id, now_ms(), len(jobs)]
+        for j in jobs:
+            args += [j.stream, j.entry_id, j.run_id, j.step.name, j.attempt, j.epoch,
+                     j.workflow.name, len(j.step.parents), *j.step.parents]
+        replies = await self.scripts.claim(keys=[self.keys.workflows], args=args)
+        started = 0
+        for job, reply in zip(jobs, replies, strict=True):
+            kind = reply[0]
+            if kind == b"run":
+                parents = {reply[i].decode(): unpack(reply[i + 1] or None)
+                           for i in range(3, len(reply), 2)}
+                ctx = Context(job.run_id, job.step.name, unpack(reply[1]), job.attempt, self,
+                              reassigned=reply[2] == b"1", parents=parents)
+                self.running[job.entry_id] = asyncio.create_task(self._execute(job, ctx))
+                started += 1
+            elif kind == b"fwd":
+                log.debug("run %s is pinned to %s: forwarded", job.run_id, reply[1].decode())
+            else:
+                log.info("dropped %s/%s attempt %d: %s", job.run_id, job.step.name, job.attempt,
+                         reply[1].decode())
+        return started
+
+    async def _execute(self, job: Job, ctx: Context) -> None:
+        try:
+            outcome = await self._outcome(job, ctx)
+        finally:  # a cancelled step leaves its entry pending: it is re-run, never lost
+            del self.running[job.entry_id]
+            self._slot_freed.set()
+        step = job.step
+        self.outcomes.append([*outcome[:1], job.stream, job.entry_id, job.run_id, step.name,
+                              job.attempt, job.epoch, *outcome[1:],
+                              len(step.children), *step.children])
+        self.steps_done += 1
+        self._outcome_ready.set()
+
+    async def _outcome(self, job: Job, ctx: Context) -> tuple[str, bytes, int]:
+        """Run the step: ("ok", output, 0), ("retry", error, due_ms) or ("fail", error, 0)."""
+        step = job.step
+        try:
+            return "ok", pack(await self._call(job, ctx), "output"), 0
+        except Exception as exc:
+            error = pack({"type": type(exc).__name__, "message": str(exc),
+                          "tb": traceback.format_exc()})
+            if job.attempt <= step.retries:
+                log.info("%s/%s attempt %d failed (%s: %s): retrying", job.run_id, step.name,
+                         job.attempt, type(exc).__name__, exc)
+                return "retry", error, now_ms() + int(step.retry_delay(job.attempt) * 1000)
+            log.warning("%s/%s failed: %s: %s", job.run_id, step.name, type(exc).__name__, exc)
+            return "fail", error, 0
+
+    async def _call(self, job: Job, ctx: Context) -> Any:
+        step, wf = job.step, job.workflow
+        if wf.is_task:
+            data = ctx.input
+            args: tuple[Any, ...] = (ctx,) if data is None else (ctx, data)
+            kwargs: dict[str, Any] = {}
+            if isinstance(data, dict):
+                args, kwargs = (ctx,), {str(k): v for k, v in data.items()}
+        else:
+            args, kwargs = (self.instances[wf.name], ctx), {}
+        if step.is_async:
+            call = step.fn(*args, **kwargs)
+        else:
+            loop = asyncio.get_running_loop()
+            call = loop.run_in_executor(self.pool, functools.partial(step.fn, *args, **kwargs))
+        if step.timeout is None:
+            return await call
+        try:
+            return await asyncio.wait_for(call, step.timeout)
+        except TimeoutError:
+            raise StepTimeout(f"step {step.name!r} timed out after {step.timeout}s") from None
+
+    async def flush(self) -> None:
+        """Send every pending outcome in one script call; log the refused ones."""
+        while self.outcomes:
+            batch, self.outcomes = self.outcomes[:500], self.outcomes[500:]
+            args: list[Any] = [self.keys.prefix, self._id, now_ms(), len(batch)]
+            for item in batch:
+                args += item
+            try:
+                replies = await self.scripts.complete(keys=[self.keys.workflows], args=args)
+            except BaseException:
+                self.outcomes[:0] = batch  # kept for the next try: nothing is dropped
+                raise
+            for item, reply in zip(batch, replies, strict=True):
+                text = reply.decode()
+                if text.startswith("refused"):
+                    log.warning("completion of %s/%s %s", item[3], item[4], text)
+                elif text != "ok":
+                    log.info("completion of %s/%s %s", item[3], item[4], text)
+
+    # -- sticky children -----------------------------------------------------
+
+    @contextlib.contextmanager
+    def lend_slot(self) -> Iterator[None]:
+        """While a step waits on a sticky child, its slot serves the child (no deadlock)."""
+        self._adjust_lent(1)
+        try:
+            yield
+        finally:
+            self._adjust_lent(-1)
+
+    def _adjust_lent(self, delta: int) -> None:
+        def apply() -> None:
+            self._lent += delta
+            self._slot_freed.set()
+
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            apply()
+        else:
+            loop.call_soon_threadsafe(apply)
+
+
+def _entries(reply: Any) -> list[Entry]:
+    out: list[Entry] = []
+    for stream, items in reply or ():
+        name = stream.decode() if isinstance(stream, bytes) else stream
+        for entry_id, fields in items:
+            out.append(Entry(name, entry_id.decode(), fields or {}))
+    return out
+
+
+class Backoff:
+    """Exponential backoff for a loop that lost Redis: one log line per attempt."""
+
+    def __init__(self, what: str, first: float = 0.1, cap: float = 5.0) -> None:
+        self.what, self.first, self.cap = what, first, cap
+        self.delay = first
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+    async def wait(self, exc: BaseException) -> None:
+        log.warning("redis unavailable (%s: %s); %s retrying in %.1fs", type(exc).__name__, exc,
+                    self.what, self.delay)
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, self.cap)
