@@ -155,6 +155,7 @@ class Rstick:
     heartbeat: float = 2.0  # seconds between a worker's heartbeats
     worker_ttl: float = 10.0  # a worker is dead after this long without one
     retention: float = 86400.0  # seconds a finished run stays readable
+    max_deliveries: int = 5  # a step that lost its worker this often is dead-lettered
     workflows: dict[str, WorkflowDef] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

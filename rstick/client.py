@@ -127,10 +127,10 @@ class Client:
             self.keys.prefix, run_id, wf.name, "task" if wf.is_task else "workflow",
             wf.sticky.value, wf.queue, data, now, pin, parent[0], parent[1],
             int(self.app.retention), now + int(delay * 1000) if delay > 0 else 0,
-            len(wf.steps),
+            wf.schedule_timeout, len(wf.steps),
         ]
         for s in wf.steps.values():
-            args += [s.name, len(s.parents)]
+            args += [s.name, len(s.parents), "" if s.schedule_timeout is None else s.schedule_timeout]
         roots = wf.roots
         args += [len(roots), *roots]
         return [self.keys.workflows], args

@@ -35,6 +35,7 @@ from .codec import pack, unpack
 from .context import Context
 from .errors import StepTimeout
 from .keys import GROUP
+from .reaper import Reaper
 from .scripts import Scripts
 
 log = logging.getLogger("rstick.worker")
@@ -106,6 +107,7 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._outcome_ready = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.reaper = Reaper(app, self._id)
 
     def id(self) -> str:
         return self._id
@@ -125,12 +127,25 @@ class Worker:
     # -- start and stop ----------------------------------------------------
 
     async def start(self) -> None:
-        """Create the streams' groups and register this worker and its workflows."""
+        """Register this worker and its workflows, then take back what an earlier
+        process with the same id left: its parked HARD runs, its pending entries."""
         self._loop = asyncio.get_running_loop()
+        await self._register()
+        report = await self.reaper.reap_worker(self._id, "restart")
+        if report:
+            log.info("worker %s took back what it held before: %s", self._id, report.summary())
+        log.info("worker %s started: queues %s, concurrency %d", self._id, self.queues,
+                 self.concurrency)
+
+    async def _create_groups(self) -> None:
         for stream in [self.personal, *(self.keys.queue(q) for q in self.queues)]:
             with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
                 await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+
+    async def _register(self) -> None:
+        await self._create_groups()
         pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(self.keys.worker(self._id))
         for wf in self.app.workflows.values():
             pipe.hset(self.keys.workflows, wf.name, wf.to_json())
             for event in wf.on_events:
@@ -145,8 +160,6 @@ class Worker:
         )
         pipe.zadd(self.keys.workers, {self._id: now_ms()})
         await pipe.execute()
-        log.info("worker %s started: queues %s, concurrency %d", self._id, self.queues,
-                 self.concurrency)
 
     async def main(self) -> None:
         """Start, serve until ``stop`` is requested, drain, deregister."""
@@ -198,15 +211,17 @@ class Worker:
         await self.flush()
         complete.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
-        await self.deregister()
+        await self.hand_off()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    async def deregister(self) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zrem(self.keys.workers, self._id)
-        pipe.delete(self.keys.worker(self._id))
-        await pipe.execute()
-        log.info("worker %s stopped after %d steps", self._id, self.steps_done)
+    async def hand_off(self) -> None:
+        """Leave as the reaper would find us dead: SOFT runs go back to the shared
+        queue now, HARD runs stay parked for our return, and the worker's record
+        goes once nothing of it is left."""
+        await self.redis.zadd(self.keys.workers, {self._id: 0})
+        report = await self.reaper.reap_worker(self._id, "dead")
+        log.info("worker %s stopped after %d steps (%s)", self._id, self.steps_done,
+                 report.summary() if report else "nothing to hand off")
 
     # -- the loops ---------------------------------------------------------
 
@@ -224,6 +239,11 @@ class Worker:
                 backoff.reset()
             except TRANSIENT as exc:
                 await backoff.wait(exc)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("stream group missing (Redis lost its data?): creating it again")
+                await self._create_groups()
 
     async def _complete_loop(self) -> None:
         backoff = Backoff("complete")
@@ -238,13 +258,16 @@ class Worker:
                 await backoff.wait(exc)
 
     async def _tick_loop(self) -> None:
-        """Every 100 ms move due delayed entries; every ``heartbeat`` seconds, beat."""
+        """Every 100 ms move due delayed entries; every ``heartbeat`` seconds, beat,
+        and reap if this worker holds the leader lock."""
         backoff = Backoff("tick")
         next_beat = 0.0
         while True:
             try:
                 if time.monotonic() >= next_beat:
                     await self.beat()
+                    if await self.reaper.lead():
+                        await self.reaper.reap()
                     next_beat = time.monotonic() + self.app.heartbeat
                 await self.move_due()
                 backoff.reset()
@@ -267,10 +290,14 @@ class Worker:
     # -- the phases --------------------------------------------------------
 
     async def beat(self) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zadd(self.keys.workers, {self._id: now_ms()})
-        pipe.hset(self.keys.worker(self._id), "running", len(self.running))
-        await pipe.execute()
+        keys = [self.keys.workers, self.keys.worker(self._id)]
+        if not await self.scripts.beat(keys=keys, args=[self._id, now_ms(), len(self.running)]):
+            # Declared dead during a pause: what we run now will be refused, and
+            # what the reaper left us (parked HARD runs) is ours to take back.
+            log.warning("worker %s was declared dead (paused longer than worker_ttl); "
+                        "rejoining", self._id)
+            await self._register()
+            await self.reaper.reap_worker(self._id, "restart")
 
     async def move_due(self) -> int:
         moved: int = await self.scripts.due(
@@ -297,7 +324,7 @@ class Worker:
         return entries
 
     async def release(self, entries: list[Entry]) -> None:
-        args: list[Any] = [len(entries)]
+        args: list[Any] = [self.keys.prefix, len(entries)]
         for e in entries:
             args += [e.stream, e.entry_id]
             for k, v in e.fields.items():

@@ -11,12 +11,20 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
-NAMES = ("enqueue", "claim", "complete", "due", "release", "bury")
+NAMES = (
+    "enqueue", "claim", "complete", "due", "release", "bury", "reap_run", "reap_entries", "lead",
+    "beat", "forget",
+)
+
+
+def _read(name: str) -> str:
+    return (files(__package__) / f"{name}.lua").read_text(encoding="utf-8")
 
 
 @cache
 def source(name: str) -> str:
-    return (files(__package__) / f"{name}.lua").read_text(encoding="utf-8")
+    """The script's text, after ``lib.lua`` (the functions the scripts share)."""
+    return _read("lib") + "\n" + _read(name)
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,11 @@ class Scripts:
     due: Any
     release: Any
     bury: Any
+    reap_run: Any
+    reap_entries: Any
+    lead: Any
+    beat: Any
+    forget: Any
 
     @classmethod
     def register(cls, client: Any) -> Scripts:

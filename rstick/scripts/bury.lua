@@ -6,6 +6,6 @@ local p, me, stream, id, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local dead = {'reason', reason, 'stream', stream, 'id', id, 'worker', me}
 for j = 6, #ARGV do dead[#dead + 1] = ARGV[j] end
 local dead_id = redis.call('XADD', p .. ':dead', '*', unpack(dead))
-redis.call('XACK', stream, 'rstick', id)
+redis.call('XACK', stream, GROUP, id)
 redis.call('XDEL', stream, id)
 return dead_id

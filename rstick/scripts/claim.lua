@@ -9,13 +9,12 @@
 -- An unpinned sticky run is pinned here, and its held roots are released into
 -- this worker's personal stream.
 local p, me, now, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local group = 'rstick'
 local mine = p .. ':w:' .. me
 local out = {}
 local i = 5
 
 local function drop(stream, id, reason)
-  redis.call('XACK', stream, group, id)
+  redis.call('XACK', stream, GROUP, id)
   redis.call('XDEL', stream, id)
   return {'drop', reason}
 end
@@ -29,9 +28,8 @@ for _ = 1, n do
 
   local rk = p .. ':run:' .. run
   local h = redis.call('HMGET', rk, 'status', 'sticky', 'worker', 'epoch', step .. '.st',
-    step .. '.a', step .. '.w', 'held', 'reassigned')
-  local status, sticky, pinned, cur_epoch, st, a, sw, held = h[1], h[2], h[3], h[4], h[5], h[6],
-    h[7], h[8]
+    step .. '.a', 'held', 'reassigned')
+  local status, sticky, pinned, cur_epoch, st, a, held = h[1], h[2], h[3], h[4], h[5], h[6], h[7]
   local res
   if not status then
     res = drop(stream, id, 'no such run')
@@ -43,12 +41,12 @@ for _ = 1, n do
     res = drop(stream, id, 'stale epoch ' .. epoch .. ' (run is at ' .. cur_epoch .. ')')
   elseif a ~= attempt then
     res = drop(stream, id, 'stale attempt ' .. attempt .. ' (step is at ' .. a .. ')')
-  elseif st ~= 'queued' and not (st == 'running' and sw == me) then
+  elseif st ~= 'queued' then
     res = drop(stream, id, 'step is ' .. st)
   elseif sticky ~= 'none' and pinned ~= '' and pinned ~= me then
     redis.call('XADD', p .. ':w:' .. pinned, '*', 'r', run, 's', step, 'a', attempt, 'e', epoch,
       'w', wf)
-    redis.call('XACK', stream, group, id)
+    redis.call('XACK', stream, GROUP, id)
     redis.call('XDEL', stream, id)
     res = {'fwd', pinned}
   else
@@ -58,8 +56,8 @@ for _ = 1, n do
       redis.call('XADD', p .. ':hist:' .. run, '*', 'ev', 'pinned', 'w', me, 'epoch', epoch)
       if held and held ~= '' then
         for root in string.gmatch(held, '%S+') do
-          redis.call('HSET', rk, root .. '.st', 'queued', root .. '.a', '1')
-          redis.call('XADD', mine, '*', 'r', run, 's', root, 'a', '1', 'e', epoch, 'w', wf)
+          local ra = redis.call('HGET', rk, root .. '.a')
+          redis.call('XADD', mine, '*', 'r', run, 's', root, 'a', ra, 'e', epoch, 'w', wf)
         end
         redis.call('HSET', rk, 'held', '')
       end
@@ -67,7 +65,7 @@ for _ = 1, n do
     redis.call('HSET', rk, step .. '.st', 'running', step .. '.w', me, step .. '.t0', now)
     if status == 'queued' then redis.call('HSET', rk, 'status', 'running', 'started', now) end
     redis.call('XADD', p .. ':hist:' .. run, '*', 'ev', 'started', 's', step, 'w', me, 'a', attempt)
-    res = {'run', redis.call('HGET', rk, 'input'), h[9] or '0'}
+    res = {'run', redis.call('HGET', rk, 'input'), h[8] or '0'}
     if nparents > 0 then
       local names = {}
       for j = 0, nparents - 1 do names[#names + 1] = ARGV[parents_at + j] end

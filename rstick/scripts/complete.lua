@@ -10,20 +10,8 @@
 -- Success releases each child whose parents are all done: to the pinned
 -- worker's stream for a sticky run, else to the run's queue.
 local p, me, now, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local group = 'rstick'
 local out = {}
 local i = 5
-
-local function finish(run, rk, status, pinned)
-  redis.call('HSET', rk, 'status', status, 'finished', now)
-  if pinned and pinned ~= '' then redis.call('SREM', p .. ':pinned:' .. pinned, run) end
-  local ttl = tonumber(redis.call('HGET', rk, 'retention')) or 86400
-  for _, k in ipairs({rk, p .. ':out:' .. run, p .. ':hist:' .. run}) do
-    redis.call('EXPIRE', k, ttl)
-  end
-  redis.call('XADD', p .. ':hist:' .. run, '*', 'ev', 'finished', 'status', status)
-  redis.call('PUBLISH', p .. ':done:' .. run, status)
-end
 
 for _ = 1, n do
   local outcome, stream, id, run, step, attempt, epoch, payload, due = ARGV[i], ARGV[i + 1],
@@ -62,7 +50,7 @@ for _ = 1, n do
         redis.call('XADD', dest, '*', 'r', run, 's', child, 'a', '1', 'e', epoch, 'w', h[9])
       end
     end
-    if redis.call('HINCRBY', rk, 'left', -1) == 0 then finish(run, rk, 'succeeded', pinned) end
+    if redis.call('HINCRBY', rk, 'left', -1) == 0 then finish(p, run, 'succeeded', now) end
   elseif outcome == 'retry' then
     local next_attempt = tostring(tonumber(attempt) + 1)
     redis.call('HSET', rk, step .. '.st', 'retrying', step .. '.t1', now, step .. '.e', payload,
@@ -71,12 +59,10 @@ for _ = 1, n do
     redis.call('XADD', p .. ':hist:' .. run, '*', 'ev', 'retry', 's', step, 'w', me, 'a', attempt,
       'due', due)
   else
-    redis.call('HSET', rk, step .. '.st', 'failed', step .. '.t1', now, step .. '.e', payload,
-      'error_step', step)
     redis.call('XADD', p .. ':hist:' .. run, '*', 'ev', 'failed', 's', step, 'w', me, 'a', attempt)
-    finish(run, rk, 'failed', pinned)
+    fail_step(p, run, step, payload, now)
   end
-  redis.call('XACK', stream, group, id)
+  redis.call('XACK', stream, GROUP, id)
   redis.call('XDEL', stream, id)
   out[#out + 1] = res
 end

@@ -13,14 +13,12 @@ for _, m in ipairs(members) do
   local run, step, attempt, epoch = string.match(m, '^(.+)|([^|]+)|([^|]+)|([^|]+)$')
   if run then
     local rk = p .. ':run:' .. run
-    local h = redis.call('HMGET', rk, 'status', 'epoch', 'sticky', 'worker', 'queue',
-      step .. '.a', step .. '.st', 'wf')
-    if (h[1] == 'queued' or h[1] == 'running') and h[2] == epoch and h[6] == attempt
-        and (h[7] == 'retrying' or h[7] == 'queued') then
-      local dest = p .. ':q:' .. h[5]
-      if h[3] ~= 'none' and h[4] ~= '' then dest = p .. ':w:' .. h[4] end
+    local h = redis.call('HMGET', rk, 'status', 'epoch', step .. '.a', step .. '.st', 'wf')
+    if (h[1] == 'queued' or h[1] == 'running') and h[2] == epoch and h[3] == attempt
+        and (h[4] == 'retrying' or h[4] == 'queued') then
       redis.call('HSET', rk, step .. '.st', 'queued')
-      redis.call('XADD', dest, '*', 'r', run, 's', step, 'a', attempt, 'e', epoch, 'w', h[8])
+      redis.call('XADD', destination(p, rk), '*', 'r', run, 's', step, 'a', attempt, 'e', epoch,
+        'w', h[5])
       moved = moved + 1
     end
   end

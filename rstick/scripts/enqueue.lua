@@ -2,7 +2,8 @@
 -- KEYS[1]  {ns}:wf (the definitions hash; also routes the call to the namespace's slot)
 -- ARGV     prefix, run_id, workflow, kind, sticky, queue, input, now_ms,
 --          pin_worker, parent_run, parent_step, retention_s, due_ms (0: now),
---          nsteps, (step, nparents) * nsteps, nroots, root * nroots
+--          schedule_timeout_s, nsteps, (step, nparents, schedule_timeout_s or "") * nsteps,
+--          nroots, root * nroots
 -- Returns  "ok", "exists" (same run id enqueued before: nothing written) or
 --          "unknown" (no such workflow: nothing written).
 local p, run_id, wf, kind, sticky, queue, input, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
@@ -13,19 +14,22 @@ local rk = p .. ':run:' .. run_id
 if redis.call('EXISTS', rk) == 1 then return 'exists' end
 
 local due = tonumber(ARGV[13])
-local nsteps = tonumber(ARGV[14])
+local nsteps = tonumber(ARGV[15])
 local fields = {'wf', wf, 'kind', kind, 'status', 'queued', 'sticky', sticky, 'queue', queue,
   'worker', pin, 'epoch', '0', 'input', input, 'created', now, 'left', nsteps,
-  'parent_run', parent_run, 'parent_step', parent_step, 'retention', ARGV[12]}
+  'parent_run', parent_run, 'parent_step', parent_step, 'retention', ARGV[12], 'sto', ARGV[14]}
 local names = {}
-local i = 15
+local i = 16
 for _ = 1, nsteps do
   local s = ARGV[i]
   names[#names + 1] = s
   fields[#fields + 1] = s .. '.st'; fields[#fields + 1] = 'waiting'
   fields[#fields + 1] = s .. '.a'; fields[#fields + 1] = '0'
   fields[#fields + 1] = s .. '.p'; fields[#fields + 1] = ARGV[i + 1]
-  i = i + 2
+  if ARGV[i + 2] ~= '' then
+    fields[#fields + 1] = s .. '.sto'; fields[#fields + 1] = ARGV[i + 2]
+  end
+  i = i + 3
 end
 fields[#fields + 1] = 'steps'; fields[#fields + 1] = table.concat(names, ' ')
 
@@ -35,7 +39,7 @@ for j = 1, nroots do roots[j] = ARGV[i + j] end
 
 -- Where the roots go: a run pinned at creation (sticky child) sends every root
 -- to its worker; an unpinned sticky run sends its first root to the shared
--- queue and holds the rest until a worker pins it; anything else is free.
+-- queue and holds the rest, queued, until a worker pins it; anything else is free.
 local held = {}
 local dispatch = {}
 if pin ~= '' then
@@ -48,7 +52,7 @@ else
   dispatch = roots
 end
 fields[#fields + 1] = 'held'; fields[#fields + 1] = table.concat(held, ' ')
-for _, s in ipairs(dispatch) do
+for _, s in ipairs(roots) do
   fields[#fields + 1] = s .. '.st'; fields[#fields + 1] = 'queued'
   fields[#fields + 1] = s .. '.a'; fields[#fields + 1] = '1'
 end

@@ -1,0 +1,266 @@
+"""The reaper on fakeredis: SOFT reassignment, HARD parking, restart, poison, hand-off."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+from rstick import Context, Rstick, RunFailed, StickyStrategy, Worker
+from rstick.keys import GROUP
+from rstick.reaper import Reaper
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def define(app: Rstick, sticky: StickyStrategy, schedule_timeout: float = 300.0) -> None:
+    @app.workflow(sticky=sticky, schedule_timeout=schedule_timeout, name="Flow")
+    class Flow:
+        @app.step()
+        def a(self, ctx: Context) -> dict[str, Any]:
+            return {"worker": ctx.worker.id(), "reassigned": ctx.reassigned}
+
+        @app.step(parents=["a"])
+        def b(self, ctx: Context) -> dict[str, Any]:
+            return {"worker": ctx.worker.id(), "reassigned": ctx.reassigned}
+
+    @app.task
+    def job(ctx: Context) -> str:
+        return ctx.worker.id()
+
+
+async def take_without_running(worker: Worker) -> list[str]:
+    """Read and claim like a worker that dies right after: nothing is completed."""
+    entries = await worker.read(worker.free, None)
+    args: list[Any] = [worker.keys.prefix, worker.id(), 0, len(entries)]
+    for e in entries:
+        f = e.fields
+        wf = worker.app.workflows[f[b"w"].decode()]
+        step = wf.steps[f[b"s"].decode()]
+        args += [e.stream, e.entry_id, f[b"r"], f[b"s"], f[b"a"], f[b"e"], f[b"w"],
+                 len(step.parents), *step.parents]
+    replies = await worker.scripts.claim(keys=[worker.keys.workflows], args=args)
+    return [r[0].decode() for r in replies]
+
+
+async def kill(worker: Worker) -> None:
+    """The worker stops beating: its heartbeat is now far in the past."""
+    await worker.redis.zadd(worker.keys.workers, {worker.id(): 1})
+
+
+async def drain(*workers: Worker, rounds: int = 20) -> None:
+    for _ in range(rounds):
+        if not sum([await w.run_once() for w in workers]):
+            return
+    raise AssertionError("workers still busy after bounded rounds")
+
+
+def test_soft_run_moves_to_another_worker_when_its_worker_dies(app: Rstick) -> None:
+    define(app, StickyStrategy.SOFT)
+    ref = app.enqueue("Flow")
+
+    async def scenario() -> Any:
+        w1, w2 = Worker(app, worker_id="w1"), Worker(app, worker_id="w2")
+        await w1.start()
+        await w2.start()
+        assert await take_without_running(w1) == ["run"]
+        assert app.get_run(ref.run_id).worker == "w1"
+        await kill(w1)
+        report = await Reaper(app, "w2").reap()
+        assert report.dead_workers == ["w1"]
+        assert report.runs["reassigned"] == [ref.run_id]
+        assert report.removed_workers == ["w1"]
+        await drain(w2)
+
+    run(scenario())
+    result = ref.result(timeout=1)
+    assert result["a"] == {"worker": "w2", "reassigned": True}
+    assert result["b"] == {"worker": "w2", "reassigned": True}
+    r = app.get_run(ref.run_id)
+    assert (r.worker, r.epoch, r.step("a").attempts) == ("w2", 1, 2)
+    events = [e["ev"] for e in app.client.history(ref.run_id)]
+    assert "lost" in events and "reassigned" in events
+    redis = app.client.redis
+    assert not redis.exists(app.keys.personal("w1"), app.keys.worker("w1"))
+    assert redis.zscore(app.keys.workers, "w1") is None
+
+
+def test_reaper_leaves_live_workers_alone(app: Rstick) -> None:
+    define(app, StickyStrategy.SOFT)
+    ref = app.enqueue("Flow")
+
+    async def scenario() -> None:
+        w1 = Worker(app, worker_id="w1")
+        await w1.start()
+        await take_without_running(w1)
+        report = await Reaper(app, "x").reap()
+        assert not report
+        # The scripts check the heartbeat themselves: a stale caller changes nothing.
+        report = await Reaper(app, "x").reap_worker("w1", "dead")
+        assert not report.runs
+
+    run(scenario())
+    assert app.get_run(ref.run_id).worker == "w1"
+
+
+def test_hard_run_is_parked_and_resumed_by_its_worker(app: Rstick) -> None:
+    define(app, StickyStrategy.HARD)
+    ref = app.enqueue("Flow")
+
+    async def scenario() -> None:
+        w1, w2 = Worker(app, worker_id="w1"), Worker(app, worker_id="w2")
+        await w1.start()
+        await w2.start()
+        await take_without_running(w1)
+        await kill(w1)
+        report = await Reaper(app, "w2").reap()
+        assert report.runs["parked"] == [ref.run_id]
+        assert app.get_run(ref.run_id).parked_until is not None
+        assert report.removed_workers == []  # it still holds a parked run
+        await drain(w2)  # nothing of a HARD run runs elsewhere
+        assert app.get_run(ref.run_id).step("a").worker == "w1"
+        again = await Reaper(app, "w2").reap()
+        assert again.runs["still parked"] == [ref.run_id]
+        back = Worker(app, worker_id="w1")  # the same id comes back
+        await back.start()
+        assert app.get_run(ref.run_id).parked_until is None
+        await drain(back, w2)
+
+    run(scenario())
+    result = ref.result(timeout=1)
+    assert result["a"]["worker"] == result["b"]["worker"] == "w1"
+    assert app.get_run(ref.run_id).step("a").attempts == 2
+
+
+def test_hard_run_fails_with_scheduling_timeout_past_its_deadline(app: Rstick) -> None:
+    define(app, StickyStrategy.HARD, schedule_timeout=0.0)
+    ref = app.enqueue("Flow")
+
+    async def scenario() -> None:
+        w1 = Worker(app, worker_id="w1")
+        await w1.start()
+        await take_without_running(w1)
+        await kill(w1)
+        first = await Reaper(app, "x").reap()
+        assert first.runs["parked"] == [ref.run_id]
+        second = await Reaper(app, "x").reap()
+        assert second.runs["timed out"] == [ref.run_id]
+        assert second.removed_workers == ["w1"]
+
+    run(scenario())
+    with pytest.raises(RunFailed) as failed:
+        ref.result(timeout=1)
+    assert failed.value.error_type == "SchedulingTimeout"
+    assert failed.value.step == "a"
+
+
+def test_plain_job_of_a_dead_worker_is_dispatched_again(app: Rstick) -> None:
+    define(app, StickyStrategy.SOFT)
+    ref = app.enqueue("job")
+
+    async def scenario() -> None:
+        w1, w2 = Worker(app, worker_id="w1"), Worker(app, worker_id="w2")
+        await w1.start()
+        await w2.start()
+        await take_without_running(w1)
+        await kill(w1)
+        report = await Reaper(app, "w2").reap()
+        assert report.redispatched == 1
+        await drain(w2)
+
+    run(scenario())
+    assert ref.result(timeout=1) == "w2"
+    assert app.get_run(ref.run_id).step("job").attempts == 2
+    pending = app.client.redis.xpending(app.keys.queue("default"), GROUP)
+    assert pending["pending"] == 0
+
+
+def test_restart_under_the_same_id_reruns_what_it_held(app: Rstick) -> None:
+    define(app, StickyStrategy.SOFT)
+    ref = app.enqueue("Flow")
+
+    async def scenario() -> None:
+        w1 = Worker(app, worker_id="w1")
+        await w1.start()
+        await take_without_running(w1)
+        again = Worker(app, worker_id="w1")  # crashed and restarted before anyone noticed
+        await again.start()
+        await drain(again)
+
+    run(scenario())
+    assert ref.result(timeout=1)["b"]["worker"] == "w1"
+    assert app.get_run(ref.run_id).step("a").attempts == 2
+
+
+def test_step_that_keeps_killing_its_worker_is_dead_lettered(app: Rstick) -> None:
+    app.max_deliveries = 2
+    define(app, StickyStrategy.SOFT)
+    ref = app.enqueue("job")
+
+    async def scenario() -> None:
+        for n in range(2):
+            w = Worker(app, worker_id=f"crash{n}")
+            await w.start()
+            assert await take_without_running(w) == ["run"]
+            await kill(w)
+            await Reaper(app, "x").reap()
+
+    run(scenario())
+    with pytest.raises(RunFailed) as failed:
+        ref.result(timeout=1)
+    assert failed.value.error_type == "PoisonMessage"
+    dead = app.client.redis.xrange(app.keys.dead)
+    assert len(dead) == 1 and b"lost its worker 2 times" in dead[0][1][b"reason"]
+
+
+def test_graceful_hand_off_returns_soft_runs_at_once(app: Rstick) -> None:
+    define(app, StickyStrategy.SOFT)
+    ref = app.enqueue("Flow")
+
+    async def scenario() -> None:
+        w1, w2 = Worker(app, worker_id="w1"), Worker(app, worker_id="w2")
+        await w1.start()
+        await w2.start()
+        # w1 runs step a, then stops before reading step b from its stream.
+        entries = await w1.read(1, None)
+        await w1.claim(entries)
+        await asyncio.wait(list(w1.running.values()))
+        await w1.flush()
+        await w1.hand_off()
+        assert app.client.redis.zscore(app.keys.workers, "w1") is None
+        await drain(w2)
+
+    run(scenario())
+    result = ref.result(timeout=1)
+    assert result["a"]["worker"] == "w1"
+    assert result["b"] == {"worker": "w2", "reassigned": True}
+
+
+def test_zombie_completion_is_refused_after_reassignment(app: Rstick) -> None:
+    define(app, StickyStrategy.SOFT)
+    ref = app.enqueue("Flow")
+
+    async def scenario() -> None:
+        w1, w2 = Worker(app, worker_id="w1"), Worker(app, worker_id="w2")
+        await w1.start()
+        await w2.start()
+        entries = await w1.read(1, None)
+        await w1.claim(entries)
+        await asyncio.wait(list(w1.running.values()))  # done, but not yet completed
+        await kill(w1)
+        await Reaper(app, "w2").reap()
+        await w1.flush()  # the zombie's late completion
+        assert app.get_run(ref.run_id).step("a").status == "queued"
+        assert not await w1.scripts.beat(
+            keys=[app.keys.workers, app.keys.worker("w1")], args=["w1", 0, 0]
+        )
+        await drain(w2)
+
+    run(scenario())
+    assert ref.result(timeout=1)["a"]["worker"] == "w2"
