@@ -41,7 +41,7 @@ __all__ = [
     "StickyChildError",
     "StickyStrategy",
     "UnknownWorkflow",
+    "Worker",
     "WorkerInfo",
     "WorkflowDef",
-    "Worker",
 ]

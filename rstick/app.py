@@ -135,7 +135,13 @@ def _link(workflow: str, steps: dict[str, StepDef]) -> dict[str, StepDef]:
         raise DefinitionError(f"workflow {workflow!r} has no steps")
     return {
         name: StepDef(
-            s.name, s.fn, s.parents, s.retries, s.timeout, s.backoff, s.schedule_timeout,
+            s.name,
+            s.fn,
+            s.parents,
+            s.retries,
+            s.timeout,
+            s.backoff,
+            s.schedule_timeout,
             tuple(children[name]),
         )
         for name, s in steps.items()
@@ -189,7 +195,12 @@ class Rstick:
 
         def mark(fn: F) -> F:
             step = StepDef(
-                name or fn.__name__, fn, tuple(parents), retries, timeout, backoff,
+                name or fn.__name__,
+                fn,
+                tuple(parents),
+                retries,
+                timeout,
+                backoff,
                 schedule_timeout,
             )
             setattr(fn, _STEP_ATTR, step)
@@ -215,12 +226,18 @@ class Rstick:
                 if step is None:
                     continue
                 if step.name in steps:
-                    raise DefinitionError(f"workflow {cls.__name__!r}: duplicate step {step.name!r}")
+                    raise DefinitionError(
+                        f"workflow {cls.__name__!r}: duplicate step {step.name!r}"
+                    )
                 steps[step.name] = step
             self._add(
                 WorkflowDef(
-                    name or cls.__name__, _link(name or cls.__name__, steps),
-                    sticky or StickyStrategy.NONE, queue, tuple(on_events), schedule_timeout,
+                    name or cls.__name__,
+                    _link(name or cls.__name__, steps),
+                    sticky or StickyStrategy.NONE,
+                    queue,
+                    tuple(on_events),
+                    schedule_timeout,
                     cls=cls,
                 )
             )
@@ -245,8 +262,14 @@ class Rstick:
             wf_name = name or fn.__name__
             step = StepDef(wf_name, fn, (), retries, timeout, backoff)
             self._add(
-                WorkflowDef(wf_name, _link(wf_name, {wf_name: step}), StickyStrategy.NONE, queue,
-                            tuple(on_events), is_task=True)
+                WorkflowDef(
+                    wf_name,
+                    _link(wf_name, {wf_name: step}),
+                    StickyStrategy.NONE,
+                    queue,
+                    tuple(on_events),
+                    is_task=True,
+                )
             )
             return fn
 
@@ -268,7 +291,11 @@ class Rstick:
         return self._client
 
     def enqueue(
-        self, workflow: str, input: Any = None, *, run_id: str | None = None,
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
         delay: float = 0.0,
     ) -> RunRef:
         """Start a run of ``workflow``; returns a ref to wait on its result."""
@@ -279,7 +306,11 @@ class Rstick:
         return self.client.enqueue_many(workflow, inputs)
 
     async def aenqueue(
-        self, workflow: str, input: Any = None, *, run_id: str | None = None,
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
         delay: float = 0.0,
     ) -> AsyncRunRef:
         return await self.client.aenqueue(workflow, input, run_id=run_id, delay=delay)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 import uuid
@@ -10,8 +9,8 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
-import redis
 import redis.asyncio as aioredis
+from redis import Redis
 
 from .app import WorkflowDef
 from .codec import pack, unpack
@@ -42,7 +41,7 @@ class Client:
     def __init__(self, app: Rstick) -> None:
         self.app = app
         self.keys = app.keys
-        self._sync: redis.Redis | None = None
+        self._sync: Redis | None = None
         self._async: aioredis.Redis | None = None
         self._sync_scripts: Scripts | None = None
         self._async_scripts: Scripts | None = None
@@ -51,10 +50,12 @@ class Client:
 
     # -- connections -------------------------------------------------------
 
+    # redis-py annotates every command with one union of sync and async replies;
+    # the clients are typed Any at this boundary and the values checked where used.
     @property
-    def redis(self) -> redis.Redis:
+    def redis(self) -> Any:
         if self._sync is None:
-            self._sync = redis.Redis.from_url(str(self.app.redis_url))
+            self._sync = Redis.from_url(str(self.app.redis_url))
         return self._sync
 
     @property
@@ -64,7 +65,7 @@ class Client:
         return self._sync_scripts
 
     @property
-    def aredis(self) -> aioredis.Redis:
+    def aredis(self) -> Any:
         if self._async is None:
             self._async = aioredis.Redis.from_url(str(self.app.redis_url))
         return self._async
@@ -75,7 +76,7 @@ class Client:
             self._async_scripts = Scripts.register(self.aredis)
         return self._async_scripts
 
-    def use(self, sync: redis.Redis | None = None, aio: aioredis.Redis | None = None) -> None:
+    def use(self, sync: Redis | None = None, aio: aioredis.Redis | None = None) -> None:
         """Use these clients instead of connecting to ``redis_url`` (tests, fakeredis)."""
         if sync is not None:
             self._sync, self._sync_scripts = sync, None
@@ -96,7 +97,7 @@ class Client:
             raw = self.redis.hget(self.keys.workflows, name)
             if raw is None:
                 raise UnknownWorkflow(name)
-            wf = self._defs[name] = WorkflowDef.from_json(raw)  # type: ignore[arg-type]
+            wf = self._defs[name] = WorkflowDef.from_json(raw)
         return wf
 
     async def adefinition(self, name: str) -> WorkflowDef:
@@ -117,20 +118,41 @@ class Client:
     # -- enqueue -----------------------------------------------------------
 
     def enqueue_args(
-        self, wf: WorkflowDef, run_id: str, input: Any, *, delay: float = 0.0,
-        pin: str = "", parent: tuple[str, str] = ("", ""),
+        self,
+        wf: WorkflowDef,
+        run_id: str,
+        input: Any,
+        *,
+        delay: float = 0.0,
+        pin: str = "",
+        parent: tuple[str, str] = ("", ""),
     ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of enqueue.lua; packing the input first refuses bad values."""
         data = pack(input, "input")
         now = int(time.time() * 1000)
         args: list[Any] = [
-            self.keys.prefix, run_id, wf.name, "task" if wf.is_task else "workflow",
-            wf.sticky.value, wf.queue, data, now, pin, parent[0], parent[1],
-            int(self.app.retention), now + int(delay * 1000) if delay > 0 else 0,
-            wf.schedule_timeout, len(wf.steps),
+            self.keys.prefix,
+            run_id,
+            wf.name,
+            "task" if wf.is_task else "workflow",
+            wf.sticky.value,
+            wf.queue,
+            data,
+            now,
+            pin,
+            parent[0],
+            parent[1],
+            int(self.app.retention),
+            now + int(delay * 1000) if delay > 0 else 0,
+            wf.schedule_timeout,
+            len(wf.steps),
         ]
         for s in wf.steps.values():
-            args += [s.name, len(s.parents), "" if s.schedule_timeout is None else s.schedule_timeout]
+            args += [
+                s.name,
+                len(s.parents),
+                "" if s.schedule_timeout is None else s.schedule_timeout,
+            ]
         roots = wf.roots
         args += [len(roots), *roots]
         return [self.keys.workflows], args
@@ -141,8 +163,14 @@ class Client:
             raise UnknownWorkflow(wf.name)
 
     def enqueue(
-        self, workflow: str, input: Any = None, *, run_id: str | None = None,
-        delay: float = 0.0, pin: str = "", parent: tuple[str, str] = ("", ""),
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        delay: float = 0.0,
+        pin: str = "",
+        parent: tuple[str, str] = ("", ""),
     ) -> RunRef:
         wf = self.definition(workflow)
         run_id = run_id or new_run_id()
@@ -166,8 +194,14 @@ class Client:
         return [RunRef(self, args[1]) for _, args in calls]
 
     async def aenqueue(
-        self, workflow: str, input: Any = None, *, run_id: str | None = None,
-        delay: float = 0.0, pin: str = "", parent: tuple[str, str] = ("", ""),
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        delay: float = 0.0,
+        pin: str = "",
+        parent: tuple[str, str] = ("", ""),
     ) -> AsyncRunRef:
         wf = await self.adefinition(workflow)
         run_id = run_id or new_run_id()
@@ -180,7 +214,9 @@ class Client:
 
     # -- events ------------------------------------------------------------
 
-    def _event_runs(self, event: str, key: str | None, names: Iterable[bytes]) -> list[tuple[str, str]]:
+    def _event_runs(
+        self, event: str, key: str | None, names: Iterable[bytes]
+    ) -> list[tuple[str, str]]:
         """(workflow, run id) per listener; a key makes the run ids, and so the runs, unique."""
         out = []
         for raw in sorted(names):
@@ -193,7 +229,7 @@ class Client:
         return out
 
     def _listeners(self, event: str) -> set[bytes]:
-        names: set[bytes] = set(self.redis.smembers(self.keys.event(event)))  # type: ignore[arg-type]
+        names: set[bytes] = set(self.redis.smembers(self.keys.event(event)))
         names |= {w.name.encode() for w in self.app.workflows.values() if event in w.on_events}
         return names
 
@@ -203,7 +239,9 @@ class Client:
             refs.append(self.enqueue(name, data, run_id=run_id))
         return refs
 
-    async def aemit(self, event: str, data: Any = None, *, key: str | None = None) -> list[AsyncRunRef]:
+    async def aemit(
+        self, event: str, data: Any = None, *, key: str | None = None
+    ) -> list[AsyncRunRef]:
         names: set[bytes] = set(await self.aredis.smembers(self.keys.event(event)))
         names |= {w.name.encode() for w in self.app.workflows.values() if event in w.on_events}
         refs = []
@@ -217,20 +255,23 @@ class Client:
         raw = self.redis.hgetall(self.keys.run(run_id))
         if not raw:
             raise RunNotFound(run_id)
-        return Run.from_hash(run_id, raw)  # type: ignore[arg-type]
+        return Run.from_hash(run_id, raw)
 
     def history(self, run_id: str) -> list[dict[str, Any]]:
         """The run's history stream, oldest first: one dict per event, with its time."""
         out = []
-        for entry_id, fields in self.redis.xrange(self.keys.hist(run_id)):  # type: ignore[union-attr]
+        for entry_id, fields in self.redis.xrange(self.keys.hist(run_id)):
             event = {k.decode(): v.decode() for k, v in fields.items()}
-            event["at"] = int(entry_id.split(b"-")[0]) / 1000  # type: ignore[assignment]
+            event["at"] = int(entry_id.split(b"-")[0]) / 1000
             out.append(event)
         return out
 
     def list_runs(self, status: str | None = None, limit: int = 20) -> list[Run]:
         """Most recent runs first; with ``status``, only those (scans at most 10,000)."""
-        ids = [i.decode() for i in self.redis.zrevrange(self.keys.runs, 0, 9999 if status else limit - 1)]  # type: ignore[union-attr]
+        ids = [
+            i.decode()
+            for i in self.redis.zrevrange(self.keys.runs, 0, 9999 if status else limit - 1)
+        ]
         runs: list[Run] = []
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
@@ -248,26 +289,53 @@ class Client:
         now = time.time()
         beats = self.redis.zrange(self.keys.workers, 0, -1, withscores=True)
         pipe = self.redis.pipeline(transaction=False)
-        for wid, _ in beats:  # type: ignore[union-attr]
+        for wid, _ in beats:
             pipe.hgetall(self.keys.worker(wid.decode()))
             pipe.scard(self.keys.pinned(wid.decode()))
         replies = pipe.execute()
         workers = []
-        for n, (wid, beat) in enumerate(beats):  # type: ignore[arg-type]
+        for n, (wid, beat) in enumerate(beats):
             info, pinned = replies[2 * n], replies[2 * n + 1]
-            get = lambda k, d="": info.get(k.encode(), d.encode()).decode()  # noqa: E731
             workers.append(
-                WorkerInfo(
-                    worker_id=wid.decode(), host=get("host"), pid=int(get("pid", "0")),
-                    queues=get("queues").split(), concurrency=int(get("concurrency", "0")),
-                    running=int(get("running", "0")), pinned=pinned,
-                    started_at=int(get("started", "0")) / 1000 or None,
-                    last_heartbeat=beat / 1000,
-                    alive=now - beat / 1000 <= float(get("ttl", str(self.app.worker_ttl))),
-                    workflows=get("workflows").split(),
+                WorkerInfo.from_hash(
+                    wid.decode(), info, beat / 1000, pinned, now, self.app.worker_ttl
                 )
             )
         return workers
+
+    # -- dead letters -------------------------------------------------------
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Newest first: each with its id, reason and the original entry's fields."""
+        out = []
+        for entry_id, fields in self.redis.xrevrange(self.keys.dead, count=limit):
+            letter = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
+            letter["id"] = entry_id.decode()
+            out.append(letter)
+        return out
+
+    def requeue_dead(self, dead_id: str) -> str:
+        """Put a dead-lettered message back on the stream it came from; returns its new id."""
+        found = self.redis.xrange(self.keys.dead, dead_id, dead_id)
+        if not found:
+            raise KeyError(f"no dead letter {dead_id}")
+        fields = found[0][1]
+        message = {k: fields[k] for k in (b"r", b"s", b"a", b"e", b"w") if k in fields}
+        if len(message) < 5 or b"stream" not in fields:
+            raise ValueError(f"dead letter {dead_id} is not a complete rstick message")
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xadd(fields[b"stream"], message)
+        pipe.xdel(self.keys.dead, dead_id)
+        new_id: bytes = pipe.execute()[0]
+        return new_id.decode()
+
+    def purge_dead(self) -> int:
+        """Delete every dead letter; returns how many there were."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xlen(self.keys.dead)
+        pipe.delete(self.keys.dead)
+        count: int = pipe.execute()[0]
+        return count
 
     # -- results -----------------------------------------------------------
 
@@ -275,7 +343,9 @@ class Client:
         """The result of a finished run, or the exception that says why there is none."""
         status = RunStatus(raw_status.decode()) if raw_status else None
         if status == RunStatus.SUCCEEDED:
-            outs = {k.decode(): unpack(v) for k, v in self.redis.hgetall(self.keys.out(run_id)).items()}  # type: ignore[union-attr]
+            outs = {
+                k.decode(): unpack(v) for k, v in self.redis.hgetall(self.keys.out(run_id)).items()
+            }
             return _shape(self.get_run(run_id), outs)
         return self._raise_for(self.get_run(run_id))
 
@@ -283,7 +353,10 @@ class Client:
         raw = await self.aredis.hgetall(self.keys.run(run_id))
         run = Run.from_hash(run_id, raw)
         if run.status == RunStatus.SUCCEEDED:
-            outs = {k.decode(): unpack(v) for k, v in (await self.aredis.hgetall(self.keys.out(run_id))).items()}
+            outs = {
+                k.decode(): unpack(v)
+                for k, v in (await self.aredis.hgetall(self.keys.out(run_id))).items()
+            }
             return _shape(run, outs)
         return self._raise_for(run)
 
@@ -319,7 +392,7 @@ class RunRef:
         raw = self.client.redis.hget(self.client.keys.run(self.run_id), "status")
         if raw is None:
             raise RunNotFound(self.run_id)
-        return RunStatus(raw.decode())  # type: ignore[union-attr]
+        return RunStatus(raw.decode())
 
     def get(self) -> Run:
         return self.client.get_run(self.run_id)
@@ -339,8 +412,8 @@ class RunRef:
                 raw = self.client.redis.hget(keys.run(self.run_id), "status")
                 if raw is None:
                     raise RunNotFound(self.run_id)
-                if RunStatus(raw.decode()) in FINISHED:  # type: ignore[union-attr]
-                    return self.client.outcome(self.run_id, raw)  # type: ignore[arg-type]
+                if RunStatus(raw.decode()) in FINISHED:
+                    return self.client.outcome(self.run_id, raw)
                 wait = WAIT_POLL
                 if deadline is not None:
                     wait = min(wait, deadline - time.monotonic())
@@ -387,9 +460,6 @@ class AsyncRunRef:
                     wait = min(wait, deadline - time.monotonic())
                     if wait <= 0:
                         raise ResultTimeout(f"run {self.run_id} did not finish in {timeout}s")
-                try:
-                    await pubsub.get_message(timeout=wait)
-                except asyncio.TimeoutError:  # pragma: no cover - redis-py versions differ
-                    pass
+                await pubsub.get_message(timeout=wait)
         finally:
             await pubsub.aclose()

@@ -14,8 +14,10 @@ _SCALARS = (str, bytes, int, float, bool, type(None))
 def find_unserializable(value: Any, path: str) -> str | None:
     """Return ``"path: type is not serializable"`` for the first bad value, else None."""
     if isinstance(value, _SCALARS):
-        if isinstance(value, int) and not isinstance(value, bool) and not (
-            -(2**63) <= value < 2**64
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and not (-(2**63) <= value < 2**64)
         ):
             return f"{path}: int {value} is out of the 64-bit range"
         return None

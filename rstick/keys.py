@@ -13,7 +13,7 @@ class Keys:
 
     @property
     def prefix(self) -> str:
-        return "{%s}" % self.namespace
+        return "{" + self.namespace + "}"
 
     @property
     def workflows(self) -> str:

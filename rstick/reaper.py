@@ -76,10 +76,20 @@ class Reaper:
         self.worker_id = worker_id
         self.ttl_ms = int(app.worker_ttl * 1000)
         self._errors = (
-            pack({"type": "SchedulingTimeout", "tb": "",
-                  "message": "the run's worker did not come back before its schedule_timeout"}),
-            pack({"type": "PoisonMessage", "tb": "",
-                  "message": f"the step lost its worker {app.max_deliveries} times"}),
+            pack(
+                {
+                    "type": "SchedulingTimeout",
+                    "tb": "",
+                    "message": "the run's worker did not come back before its schedule_timeout",
+                }
+            ),
+            pack(
+                {
+                    "type": "PoisonMessage",
+                    "tb": "",
+                    "message": f"the step lost its worker {app.max_deliveries} times",
+                }
+            ),
         )
 
     @property
@@ -129,10 +139,21 @@ class Reaper:
         timeout_err, poison_err = self._errors
 
         for run in await self._members(self.keys.pinned(worker)):
-            action = (await self.scripts.reap_run(keys=wf, args=[
-                *common, run, mode, now, deadline, self.app.max_deliveries, timeout_err,
-                poison_err,
-            ])).decode()
+            action = (
+                await self.scripts.reap_run(
+                    keys=wf,
+                    args=[
+                        *common,
+                        run,
+                        mode,
+                        now,
+                        deadline,
+                        self.app.max_deliveries,
+                        timeout_err,
+                        poison_err,
+                    ],
+                )
+            ).decode()
             if action == "alive":
                 return report
             if action != "gone":
@@ -152,8 +173,9 @@ class Reaper:
                 if not pending:
                     break
                 ids = [p["message_id"] for p in pending]
-                if not await self._entries(worker, stream, "pending", mode, now, deadline, ids,
-                                           report):
+                if not await self._entries(
+                    worker, stream, "pending", mode, now, deadline, ids, report
+                ):
                     return report
 
         if mode == "dead":
@@ -164,8 +186,9 @@ class Reaper:
                 if not batch:
                     break
                 ids = [entry_id for entry_id, _ in batch]
-                if not await self._entries(worker, personal, "scan", mode, now, deadline, ids,
-                                           report):
+                if not await self._entries(
+                    worker, personal, "scan", mode, now, deadline, ids, report
+                ):
                     return report
                 start = "(" + ids[-1].decode()
             if await self.scripts.forget(keys=wf, args=[*common, deadline, *queues]):
@@ -174,14 +197,32 @@ class Reaper:
         return report
 
     async def _entries(
-        self, worker: str, stream: str, kind: str, mode: Mode, now: int, deadline: int,
-        ids: list[bytes], report: ReapReport,
+        self,
+        worker: str,
+        stream: str,
+        kind: str,
+        mode: Mode,
+        now: int,
+        deadline: int,
+        ids: list[bytes],
+        report: ReapReport,
     ) -> bool:
         """Returns False when the worker turned out to be alive."""
-        res = await self.scripts.reap_entries(keys=[self.keys.workflows], args=[
-            self.keys.prefix, worker, stream, kind, mode, now, deadline,
-            self.app.max_deliveries, self._errors[1], *ids,
-        ])
+        res = await self.scripts.reap_entries(
+            keys=[self.keys.workflows],
+            args=[
+                self.keys.prefix,
+                worker,
+                stream,
+                kind,
+                mode,
+                now,
+                deadline,
+                self.app.max_deliveries,
+                self._errors[1],
+                *ids,
+            ],
+        )
         if res == b"alive":
             return False
         report.redispatched += int(res[0])

@@ -190,5 +190,30 @@ class WorkerInfo:
     alive: bool
     workflows: list[str]
 
+    @classmethod
+    def from_hash(
+        cls,
+        worker_id: str,
+        raw: dict[bytes, bytes],
+        beat: float,
+        pinned: int,
+        now: float,
+        default_ttl: float,
+    ) -> WorkerInfo:
+        """A worker as stored in ``{ns}:worker:<id>``, with its heartbeat and pinned count."""
+        return cls(
+            worker_id=worker_id,
+            host=_s(raw, "host"),
+            pid=int(_s(raw, "pid", "0")),
+            queues=_s(raw, "queues").split(),
+            concurrency=int(_s(raw, "concurrency", "0")),
+            running=int(_s(raw, "running", "0")),
+            pinned=pinned,
+            started_at=_ms(raw, "started"),
+            last_heartbeat=beat,
+            alive=now - beat <= float(_s(raw, "ttl", str(default_ttl))),
+            workflows=_s(raw, "workflows").split(),
+        )
+
     def to_json(self) -> dict[str, Any]:
         return dict(vars(self))

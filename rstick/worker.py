@@ -25,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -98,7 +97,8 @@ class Worker:
         self.block_ms = int(block * 1000)
         self.personal = self.keys.personal(self._id)
         self.instances = {wf.name: wf.cls() for wf in app.workflows.values() if wf.cls}
-        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix=f"rstick-{self._id}")
+        # Spare threads: a sync step abandoned by its timeout keeps its thread.
+        self.pool = ThreadPoolExecutor(concurrency + 4, thread_name_prefix=f"rstick-{self._id}")
         self.running: dict[str, asyncio.Task[None]] = {}
         self.outcomes: list[list[Any]] = []
         self.stopping = False
@@ -113,7 +113,7 @@ class Worker:
         return self._id
 
     @property
-    def redis(self) -> aioredis.Redis:
+    def redis(self) -> Any:
         return self.app.client.aredis
 
     @property
@@ -134,8 +134,9 @@ class Worker:
         report = await self.reaper.reap_worker(self._id, "restart")
         if report:
             log.info("worker %s took back what it held before: %s", self._id, report.summary())
-        log.info("worker %s started: queues %s, concurrency %d", self._id, self.queues,
-                 self.concurrency)
+        log.info(
+            "worker %s started: queues %s, concurrency %d", self._id, self.queues, self.concurrency
+        )
 
     async def _create_groups(self) -> None:
         for stream in [self.personal, *(self.keys.queue(q) for q in self.queues)]:
@@ -153,9 +154,14 @@ class Worker:
         pipe.hset(
             self.keys.worker(self._id),
             mapping={
-                "host": socket.gethostname(), "pid": os.getpid(), "queues": " ".join(self.queues),
-                "concurrency": self.concurrency, "started": now_ms(), "running": 0,
-                "ttl": self.app.worker_ttl, "workflows": " ".join(self.app.workflows),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "queues": " ".join(self.queues),
+                "concurrency": self.concurrency,
+                "started": now_ms(),
+                "running": 0,
+                "ttl": self.app.worker_ttl,
+                "workflows": " ".join(self.app.workflows),
             },
         )
         pipe.zadd(self.keys.workers, {self._id: now_ms()})
@@ -178,8 +184,11 @@ class Worker:
         if self.stopping:
             log.warning("second stop signal: exiting now")
             os._exit(1)
-        log.info("stopping: finishing %d running steps (at most %.0fs)", len(self.running),
-                 self.drain_timeout)
+        log.info(
+            "stopping: finishing %d running steps (at most %.0fs)",
+            len(self.running),
+            self.drain_timeout,
+        )
         self.stopping = True
         self._stop_requested.set()
         self._slot_freed.set()
@@ -203,8 +212,11 @@ class Worker:
             for task in late:
                 task.cancel()
             if late:
-                log.warning("%d steps did not finish in %.0fs; they will be re-run", len(late),
-                            self.drain_timeout)
+                log.warning(
+                    "%d steps did not finish in %.0fs; they will be re-run",
+                    len(late),
+                    self.drain_timeout,
+                )
         for task in (fetch, tick):
             task.cancel()
         self._outcome_ready.set()
@@ -220,8 +232,12 @@ class Worker:
         goes once nothing of it is left."""
         await self.redis.zadd(self.keys.workers, {self._id: 0})
         report = await self.reaper.reap_worker(self._id, "dead")
-        log.info("worker %s stopped after %d steps (%s)", self._id, self.steps_done,
-                 report.summary() if report else "nothing to hand off")
+        log.info(
+            "worker %s stopped after %d steps (%s)",
+            self._id,
+            self.steps_done,
+            report.summary() if report else "nothing to hand off",
+        )
 
     # -- the loops ---------------------------------------------------------
 
@@ -262,17 +278,22 @@ class Worker:
         and reap if this worker holds the leader lock."""
         backoff = Backoff("tick")
         next_beat = 0.0
+        # After an outage every heartbeat in Redis is old: reaping before the others
+        # had time to beat again would declare live workers dead.
+        connected_since = time.monotonic()
         while True:
             try:
                 if time.monotonic() >= next_beat:
                     await self.beat()
-                    if await self.reaper.lead():
+                    trusted = time.monotonic() - connected_since >= self.app.worker_ttl
+                    if trusted and await self.reaper.lead():
                         await self.reaper.reap()
                     next_beat = time.monotonic() + self.app.heartbeat
                 await self.move_due()
                 backoff.reset()
                 await asyncio.sleep(0.1)
             except TRANSIENT as exc:
+                connected_since = time.monotonic()
                 await backoff.wait(exc)
 
     async def run_once(self) -> int:
@@ -294,8 +315,9 @@ class Worker:
         if not await self.scripts.beat(keys=keys, args=[self._id, now_ms(), len(self.running)]):
             # Declared dead during a pause: what we run now will be refused, and
             # what the reaper left us (parked HARD runs) is ours to take back.
-            log.warning("worker %s was declared dead (paused longer than worker_ttl); "
-                        "rejoining", self._id)
+            log.warning(
+                "worker %s was declared dead (paused longer than worker_ttl); rejoining", self._id
+            )
             await self._register()
             await self.reaper.reap_worker(self._id, "restart")
 
@@ -315,8 +337,9 @@ class Worker:
                 streams = {self.personal: ">", **streams}
             wait = None if entries else block_ms
             entries += _entries(
-                await self.redis.xreadgroup(GROUP, self._id, streams, count=free - len(entries),
-                                            block=wait)
+                await self.redis.xreadgroup(
+                    GROUP, self._id, streams, count=free - len(entries), block=wait
+                )
             )
         if len(entries) > free:  # COUNT is per stream: give the surplus back
             await self.release(entries[free:])
@@ -373,24 +396,46 @@ class Worker:
             return 0
         args: list[Any] = [self.keys.prefix, self._id, now_ms(), len(jobs)]
         for j in jobs:
-            args += [j.stream, j.entry_id, j.run_id, j.step.name, j.attempt, j.epoch,
-                     j.workflow.name, len(j.step.parents), *j.step.parents]
+            args += [
+                j.stream,
+                j.entry_id,
+                j.run_id,
+                j.step.name,
+                j.attempt,
+                j.epoch,
+                j.workflow.name,
+                len(j.step.parents),
+                *j.step.parents,
+            ]
         replies = await self.scripts.claim(keys=[self.keys.workflows], args=args)
         started = 0
         for job, reply in zip(jobs, replies, strict=True):
             kind = reply[0]
             if kind == b"run":
-                parents = {reply[i].decode(): unpack(reply[i + 1] or None)
-                           for i in range(3, len(reply), 2)}
-                ctx = Context(job.run_id, job.step.name, unpack(reply[1]), job.attempt, self,
-                              reassigned=reply[2] == b"1", parents=parents)
+                parents = {
+                    reply[i].decode(): unpack(reply[i + 1] or None) for i in range(3, len(reply), 2)
+                }
+                ctx = Context(
+                    job.run_id,
+                    job.step.name,
+                    unpack(reply[1]),
+                    job.attempt,
+                    self,
+                    reassigned=reply[2] == b"1",
+                    parents=parents,
+                )
                 self.running[job.entry_id] = asyncio.create_task(self._execute(job, ctx))
                 started += 1
             elif kind == b"fwd":
                 log.debug("run %s is pinned to %s: forwarded", job.run_id, reply[1].decode())
             else:
-                log.info("dropped %s/%s attempt %d: %s", job.run_id, job.step.name, job.attempt,
-                         reply[1].decode())
+                log.info(
+                    "dropped %s/%s attempt %d: %s",
+                    job.run_id,
+                    job.step.name,
+                    job.attempt,
+                    reply[1].decode(),
+                )
         return started
 
     async def _execute(self, job: Job, ctx: Context) -> None:
@@ -400,9 +445,20 @@ class Worker:
             del self.running[job.entry_id]
             self._slot_freed.set()
         step = job.step
-        self.outcomes.append([*outcome[:1], job.stream, job.entry_id, job.run_id, step.name,
-                              job.attempt, job.epoch, *outcome[1:],
-                              len(step.children), *step.children])
+        self.outcomes.append(
+            [
+                *outcome[:1],
+                job.stream,
+                job.entry_id,
+                job.run_id,
+                step.name,
+                job.attempt,
+                job.epoch,
+                *outcome[1:],
+                len(step.children),
+                *step.children,
+            ]
+        )
         self.steps_done += 1
         self._outcome_ready.set()
 
@@ -412,11 +468,18 @@ class Worker:
         try:
             return "ok", pack(await self._call(job, ctx), "output"), 0
         except Exception as exc:
-            error = pack({"type": type(exc).__name__, "message": str(exc),
-                          "tb": traceback.format_exc()})
+            error = pack(
+                {"type": type(exc).__name__, "message": str(exc), "tb": traceback.format_exc()}
+            )
             if job.attempt <= step.retries:
-                log.info("%s/%s attempt %d failed (%s: %s): retrying", job.run_id, step.name,
-                         job.attempt, type(exc).__name__, exc)
+                log.info(
+                    "%s/%s attempt %d failed (%s: %s): retrying",
+                    job.run_id,
+                    step.name,
+                    job.attempt,
+                    type(exc).__name__,
+                    exc,
+                )
                 return "retry", error, now_ms() + int(step.retry_delay(job.attempt) * 1000)
             log.warning("%s/%s failed: %s: %s", job.run_id, step.name, type(exc).__name__, exc)
             return "fail", error, 0
@@ -511,7 +574,12 @@ class Backoff:
         self.delay = self.first
 
     async def wait(self, exc: BaseException) -> None:
-        log.warning("redis unavailable (%s: %s); %s retrying in %.1fs", type(exc).__name__, exc,
-                    self.what, self.delay)
+        log.warning(
+            "redis unavailable (%s: %s); %s retrying in %.1fs",
+            type(exc).__name__,
+            exc,
+            self.what,
+            self.delay,
+        )
         await asyncio.sleep(self.delay)
         self.delay = min(self.delay * 2, self.cap)

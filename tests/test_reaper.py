@@ -43,8 +43,17 @@ async def take_without_running(worker: Worker) -> list[str]:
         f = e.fields
         wf = worker.app.workflows[f[b"w"].decode()]
         step = wf.steps[f[b"s"].decode()]
-        args += [e.stream, e.entry_id, f[b"r"], f[b"s"], f[b"a"], f[b"e"], f[b"w"],
-                 len(step.parents), *step.parents]
+        args += [
+            e.stream,
+            e.entry_id,
+            f[b"r"],
+            f[b"s"],
+            f[b"a"],
+            f[b"e"],
+            f[b"w"],
+            len(step.parents),
+            *step.parents,
+        ]
     replies = await worker.scripts.claim(keys=[worker.keys.workflows], args=args)
     return [r[0].decode() for r in replies]
 

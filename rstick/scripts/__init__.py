@@ -12,8 +12,17 @@ from importlib.resources import files
 from typing import Any
 
 NAMES = (
-    "enqueue", "claim", "complete", "due", "release", "bury", "reap_run", "reap_entries", "lead",
-    "beat", "forget",
+    "enqueue",
+    "claim",
+    "complete",
+    "due",
+    "release",
+    "bury",
+    "reap_run",
+    "reap_entries",
+    "lead",
+    "beat",
+    "forget",
 )
 
 
