@@ -148,11 +148,8 @@ class Client:
             len(wf.steps),
         ]
         for s in wf.steps.values():
-            args += [
-                s.name,
-                len(s.parents),
-                "" if s.schedule_timeout is None else s.schedule_timeout,
-            ]
+            sto = "" if s.schedule_timeout is None else s.schedule_timeout
+            args += [s.name, len(s.parents), *s.parents, sto]
         roots = wf.roots
         args += [len(roots), *roots]
         return [self.keys.workflows], args

@@ -40,7 +40,6 @@ from .scripts import Scripts
 log = logging.getLogger("rstick.worker")
 
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
-ENTRY_FIELDS = (b"r", b"s", b"a", b"e", b"w")
 
 
 def now_ms() -> int:
@@ -96,6 +95,8 @@ class Worker:
         self.drain_timeout = drain_timeout
         self.block_ms = int(block * 1000)
         self.personal = self.keys.personal(self._id)
+        self.streams = [self.personal, *(self.keys.queue(q) for q in self.queues)]
+        self._serves = " " + " ".join(app.workflows) + " "
         self.instances = {wf.name: wf.cls() for wf in app.workflows.values() if wf.cls}
         # Spare threads: a sync step abandoned by its timeout keeps its thread.
         self.pool = ThreadPoolExecutor(concurrency + 4, thread_name_prefix=f"rstick-{self._id}")
@@ -139,7 +140,7 @@ class Worker:
         )
 
     async def _create_groups(self) -> None:
-        for stream in [self.personal, *(self.keys.queue(q) for q in self.queues)]:
+        for stream in self.streams:
             with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
                 await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
 
@@ -249,9 +250,7 @@ class Worker:
                 await self._slot_freed.wait()
                 continue
             try:
-                entries = await self.read(self.free, self.block_ms)
-                if entries:
-                    await self.claim(entries)
+                await self.fetch(self.block_ms)
                 backoff.reset()
             except TRANSIENT as exc:
                 await backoff.wait(exc)
@@ -297,16 +296,16 @@ class Worker:
                 await backoff.wait(exc)
 
     async def run_once(self) -> int:
-        """One non-blocking pass, for tests: move due, read, run to the end, complete."""
+        """One non-blocking pass, for tests: move due, fetch, run to the end, complete.
+
+        Returns the entries handled (started, forwarded, dropped or dead-lettered).
+        """
         await self.move_due()
-        started = 0
-        if self.free > 0:
-            entries = await self.read(self.free, None)
-            started = await self.claim(entries)
+        handled = await self.fetch(None) if self.free > 0 else 0
         if self.running:
             await asyncio.wait(list(self.running.values()))
         await self.flush()
-        return started
+        return handled
 
     # -- the phases --------------------------------------------------------
 
@@ -327,24 +326,47 @@ class Worker:
         )
         return moved
 
-    async def read(self, free: int, block_ms: int | None) -> list[Entry]:
-        """Up to ``free`` entries: the personal stream first, then the shared queues."""
-        reply = await self.redis.xreadgroup(GROUP, self._id, {self.personal: ">"}, count=free)
-        entries = _entries(reply)
-        if len(entries) < free:
-            streams = {self.keys.queue(q): ">" for q in self.queues}
-            if not entries:
-                streams = {self.personal: ">", **streams}
-            wait = None if entries else block_ms
-            entries += _entries(
-                await self.redis.xreadgroup(
-                    GROUP, self._id, streams, count=free - len(entries), block=wait
-                )
-            )
+    async def fetch(self, block_ms: int | None) -> int:
+        """Take up to ``free`` entries and start their steps; returns entries handled.
+
+        One script call reads and claims while there is work; only when every
+        stream is empty does the worker block in XREADGROUP (scripts cannot).
+        """
+        replies = await self.scripts.fetch(
+            keys=[self.keys.workflows],
+            args=[self.keys.prefix, self._id, now_ms(), self._serves, self.free, *self.streams],
+        )
+        if not replies and block_ms is not None:
+            entries = await self._wait_for_entries(self.free, block_ms)
+            if entries:
+                replies = await self.claim(entries)
+        for reply in replies:
+            self._start(reply)
+        return len(replies)
+
+    async def _wait_for_entries(self, free: int, block_ms: int) -> list[Entry]:
+        reply = await self.redis.xreadgroup(
+            GROUP, self._id, dict.fromkeys(self.streams, ">"), count=free, block=block_ms
+        )
+        entries = [
+            Entry(stream.decode(), entry_id.decode(), fields or {})
+            for stream, items in reply or ()
+            for entry_id, fields in items
+        ]
         if len(entries) > free:  # COUNT is per stream: give the surplus back
             await self.release(entries[free:])
             entries = entries[:free]
         return entries
+
+    async def claim(self, entries: list[Entry]) -> list[Any]:
+        args: list[Any] = [self.keys.prefix, self._id, now_ms(), self._serves, len(entries)]
+        for e in entries:
+            args += [e.stream, e.entry_id]
+            for k, v in e.fields.items():
+                args += [k, v]
+            args.append("")
+        replies: list[Any] = await self.scripts.claim(keys=[self.keys.workflows], args=args)
+        return replies
 
     async def release(self, entries: list[Entry]) -> None:
         args: list[Any] = [self.keys.prefix, len(entries)]
@@ -355,88 +377,30 @@ class Worker:
             args.append("")
         await self.scripts.release(keys=[self.keys.workflows], args=args)
 
-    async def bury(self, entry: Entry, reason: str) -> None:
-        """Dead-letter an entry that is not a valid rstick message; the worker goes on."""
-        log.warning("dead-lettering %s %s: %s", entry.stream, entry.entry_id, reason)
-        args: list[Any] = [self.keys.prefix, self._id, entry.stream, entry.entry_id, reason]
-        for k, v in entry.fields.items():
-            args += [k, v]
-        await self.scripts.bury(keys=[self.keys.workflows], args=args)
-
-    def _job(self, entry: Entry) -> Job | str:
-        """The job an entry stands for, or why it is not one."""
-        f = entry.fields
-        missing = [k.decode() for k in ENTRY_FIELDS if k not in f]
-        if missing:
-            return f"malformed entry: missing fields {missing}"
-        try:
-            attempt, epoch = int(f[b"a"]), int(f[b"e"])
-            wf_name, step_name = f[b"w"].decode(), f[b"s"].decode()
-            run_id = f[b"r"].decode()
-        except (ValueError, UnicodeDecodeError):
-            return "malformed entry: bad field values"
-        wf = self.app.workflows.get(wf_name)
-        if wf is None:
-            return f"worker {self._id} has no workflow {wf_name!r}"
-        step = wf.steps.get(step_name)
-        if step is None:
-            return f"workflow {wf_name!r} has no step {step_name!r}"
-        return Job(entry.stream, entry.entry_id, run_id, wf, step, attempt, epoch)
-
-    async def claim(self, entries: list[Entry]) -> int:
-        """Claim a batch in one script call and start what is ours; returns steps started."""
-        jobs: list[Job] = []
-        for entry in entries:
-            job = self._job(entry)
-            if isinstance(job, str):
-                await self.bury(entry, job)
-            else:
-                jobs.append(job)
-        if not jobs:
-            return 0
-        args: list[Any] = [self.keys.prefix, self._id, now_ms(), len(jobs)]
-        for j in jobs:
-            args += [
-                j.stream,
-                j.entry_id,
-                j.run_id,
-                j.step.name,
-                j.attempt,
-                j.epoch,
-                j.workflow.name,
-                len(j.step.parents),
-                *j.step.parents,
-            ]
-        replies = await self.scripts.claim(keys=[self.keys.workflows], args=args)
-        started = 0
-        for job, reply in zip(jobs, replies, strict=True):
-            kind = reply[0]
-            if kind == b"run":
-                parents = {
-                    reply[i].decode(): unpack(reply[i + 1] or None) for i in range(3, len(reply), 2)
-                }
-                ctx = Context(
-                    job.run_id,
-                    job.step.name,
-                    unpack(reply[1]),
-                    job.attempt,
-                    self,
-                    reassigned=reply[2] == b"1",
-                    parents=parents,
-                )
-                self.running[job.entry_id] = asyncio.create_task(self._execute(job, ctx))
-                started += 1
-            elif kind == b"fwd":
-                log.debug("run %s is pinned to %s: forwarded", job.run_id, reply[1].decode())
-            else:
-                log.info(
-                    "dropped %s/%s attempt %d: %s",
-                    job.run_id,
-                    job.step.name,
-                    job.attempt,
-                    reply[1].decode(),
-                )
-        return started
+    def _start(self, reply: list[Any]) -> None:
+        """Start the step a claim reply hands us; log the entries it did not."""
+        kind, run_id, step_name = (x.decode() for x in reply[:3])
+        if kind != "run":
+            level = logging.WARNING if kind == "dead" else logging.DEBUG
+            log.log(level, "%s %s/%s: %s", kind, run_id, step_name, reply[3].decode())
+            return
+        attempt, epoch, wf_name = int(reply[3]), int(reply[4]), reply[5].decode()
+        wf = self.app.workflows[wf_name]
+        step = wf.steps.get(step_name) or _missing_step(wf.name, step_name)
+        job = Job(reply[6].decode(), reply[7].decode(), run_id, wf, step, attempt, epoch)
+        parents = {
+            reply[i].decode(): unpack(reply[i + 1] or None) for i in range(10, len(reply), 2)
+        }
+        ctx = Context(
+            run_id,
+            step_name,
+            unpack(reply[8]),
+            attempt,
+            self,
+            reassigned=reply[9] == b"1",
+            parents=parents,
+        )
+        self.running[job.entry_id] = asyncio.create_task(self._execute(job, ctx))
 
     async def _execute(self, job: Job, ctx: Context) -> None:
         try:
@@ -554,13 +518,13 @@ class Worker:
             loop.call_soon_threadsafe(apply)
 
 
-def _entries(reply: Any) -> list[Entry]:
-    out: list[Entry] = []
-    for stream, items in reply or ():
-        name = stream.decode() if isinstance(stream, bytes) else stream
-        for entry_id, fields in items:
-            out.append(Entry(name, entry_id.decode(), fields or {}))
-    return out
+def _missing_step(workflow: str, step: str) -> StepDef:
+    """A step this worker's code lacks (another version enqueued it): it fails clearly."""
+
+    def missing(*_: Any) -> None:
+        raise LookupError(f"this worker's workflow {workflow!r} has no step {step!r}")
+
+    return StepDef(step, missing)
 
 
 class Backoff:

@@ -37,24 +37,10 @@ def define(app: Rstick, sticky: StickyStrategy, schedule_timeout: float = 300.0)
 
 async def take_without_running(worker: Worker) -> list[str]:
     """Read and claim like a worker that dies right after: nothing is completed."""
-    entries = await worker.read(worker.free, None)
-    args: list[Any] = [worker.keys.prefix, worker.id(), 0, len(entries)]
-    for e in entries:
-        f = e.fields
-        wf = worker.app.workflows[f[b"w"].decode()]
-        step = wf.steps[f[b"s"].decode()]
-        args += [
-            e.stream,
-            e.entry_id,
-            f[b"r"],
-            f[b"s"],
-            f[b"a"],
-            f[b"e"],
-            f[b"w"],
-            len(step.parents),
-            *step.parents,
-        ]
-    replies = await worker.scripts.claim(keys=[worker.keys.workflows], args=args)
+    replies = await worker.scripts.fetch(
+        keys=[worker.keys.workflows],
+        args=[worker.keys.prefix, worker.id(), 0, " Flow job ", worker.free, *worker.streams],
+    )
     return [r[0].decode() for r in replies]
 
 
@@ -237,8 +223,8 @@ def test_graceful_hand_off_returns_soft_runs_at_once(app: Rstick) -> None:
         await w1.start()
         await w2.start()
         # w1 runs step a, then stops before reading step b from its stream.
-        entries = await w1.read(1, None)
-        await w1.claim(entries)
+        w1.concurrency = 1
+        await w1.fetch(None)
         await asyncio.wait(list(w1.running.values()))
         await w1.flush()
         await w1.hand_off()
@@ -259,8 +245,8 @@ def test_zombie_completion_is_refused_after_reassignment(app: Rstick) -> None:
         w1, w2 = Worker(app, worker_id="w1"), Worker(app, worker_id="w2")
         await w1.start()
         await w2.start()
-        entries = await w1.read(1, None)
-        await w1.claim(entries)
+        w1.concurrency = 1
+        await w1.fetch(None)
         await asyncio.wait(list(w1.running.values()))  # done, but not yet completed
         await kill(w1)
         await Reaper(app, "w2").reap()

@@ -13,16 +13,16 @@ from typing import Any
 
 NAMES = (
     "enqueue",
+    "fetch",
     "claim",
     "complete",
     "due",
     "release",
-    "bury",
     "reap_run",
     "reap_entries",
+    "forget",
     "lead",
     "beat",
-    "forget",
 )
 
 
@@ -41,11 +41,11 @@ class Scripts:
     """redis-py Script objects (they retry on NOSCRIPT) for one client."""
 
     enqueue: Any
+    fetch: Any
     claim: Any
     complete: Any
     due: Any
     release: Any
-    bury: Any
     reap_run: Any
     reap_entries: Any
     lead: Any

@@ -2,7 +2,8 @@
 -- KEYS[1]  {ns}:wf (the definitions hash; also routes the call to the namespace's slot)
 -- ARGV     prefix, run_id, workflow, kind, sticky, queue, input, now_ms,
 --          pin_worker, parent_run, parent_step, retention_s, due_ms (0: now),
---          schedule_timeout_s, nsteps, (step, nparents, schedule_timeout_s or "") * nsteps,
+--          schedule_timeout_s, nsteps,
+--          (step, nparents, parent * nparents, schedule_timeout_s or "") * nsteps,
 --          nroots, root * nroots
 -- Returns  "ok", "exists" (same run id enqueued before: nothing written) or
 --          "unknown" (no such workflow: nothing written).
@@ -21,15 +22,21 @@ local fields = {'wf', wf, 'kind', kind, 'status', 'queued', 'sticky', sticky, 'q
 local names = {}
 local i = 16
 for _ = 1, nsteps do
-  local s = ARGV[i]
+  local s, nparents = ARGV[i], tonumber(ARGV[i + 1])
   names[#names + 1] = s
   fields[#fields + 1] = s .. '.st'; fields[#fields + 1] = 'waiting'
   fields[#fields + 1] = s .. '.a'; fields[#fields + 1] = '0'
-  fields[#fields + 1] = s .. '.p'; fields[#fields + 1] = ARGV[i + 1]
-  if ARGV[i + 2] ~= '' then
-    fields[#fields + 1] = s .. '.sto'; fields[#fields + 1] = ARGV[i + 2]
+  if nparents > 0 then
+    local parents = {}
+    for j = 1, nparents do parents[j] = ARGV[i + 1 + j] end
+    fields[#fields + 1] = s .. '.p'; fields[#fields + 1] = nparents
+    fields[#fields + 1] = s .. '.par'; fields[#fields + 1] = table.concat(parents, ' ')
   end
-  i = i + 3
+  i = i + 2 + nparents
+  if ARGV[i] ~= '' then
+    fields[#fields + 1] = s .. '.sto'; fields[#fields + 1] = ARGV[i]
+  end
+  i = i + 1
 end
 fields[#fields + 1] = 'steps'; fields[#fields + 1] = table.concat(names, ' ')
 

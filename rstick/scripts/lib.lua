@@ -63,3 +63,91 @@ local function beat_since(p, w, worker_deadline)
   end
   return false
 end
+
+-- Claim one entry a worker read. kv is the entry's flat field/value list;
+-- workflows is " name name ... " (what this worker can run). Returns one of
+--   {"run", run, step, attempt, epoch, workflow, stream, entry_id, input, reassigned,
+--    parent, output, parent, output, ...}
+--   {"fwd", run, step, worker}   pinned elsewhere: moved to that worker's stream
+--   {"drop", run, step, reason}  stale or finished: acknowledged and deleted
+--   {"dead", "", "", reason}     not a valid rstick message: dead-lettered
+-- An unpinned sticky run is pinned here; its held roots go to this worker's stream.
+local function claim_entry(p, me, now, workflows, stream, id, kv)
+  local f = {}
+  for k = 1, #kv, 2 do f[kv[k]] = kv[k + 1] end
+  local run, step, attempt, epoch, wf = f['r'], f['s'], f['a'], f['e'], f['w']
+  local function forget()
+    redis.call('XACK', stream, GROUP, id)
+    redis.call('XDEL', stream, id)
+  end
+  local reason = nil
+  if not (run and step and attempt and epoch and wf) then
+    reason = 'malformed entry: needs fields r, s, a, e, w'
+  elseif not string.find(workflows, ' ' .. wf .. ' ', 1, true) then
+    reason = 'worker ' .. me .. ' has no workflow ' .. wf
+  end
+  if reason then
+    local dead = {'reason', reason, 'stream', stream, 'id', id, 'worker', me}
+    for k = 1, #kv do dead[#dead + 1] = kv[k] end
+    redis.call('XADD', p .. ':dead', '*', unpack(dead))
+    forget()
+    return {'dead', '', '', reason}
+  end
+
+  local rk = p .. ':run:' .. run
+  local h = redis.call('HMGET', rk, 'status', 'sticky', 'worker', 'epoch', step .. '.st',
+    step .. '.a', 'held', 'reassigned', step .. '.par')
+  local status, sticky, pinned, cur_epoch, st, a, held = h[1], h[2], h[3], h[4], h[5], h[6], h[7]
+  local why = nil
+  if not status then
+    why = 'no such run'
+  elseif status ~= 'queued' and status ~= 'running' then
+    why = 'run is ' .. status
+  elseif not st then
+    why = 'no such step'
+  elseif cur_epoch ~= epoch then
+    why = 'stale epoch ' .. epoch .. ' (run is at ' .. cur_epoch .. ')'
+  elseif a ~= attempt then
+    why = 'stale attempt ' .. attempt .. ' (step is at ' .. a .. ')'
+  elseif st ~= 'queued' then
+    why = 'step is ' .. st
+  end
+  if why then
+    forget()
+    return {'drop', run, step, why}
+  end
+  if sticky ~= 'none' and pinned ~= '' and pinned ~= me then
+    redis.call('XADD', p .. ':w:' .. pinned, '*', 'r', run, 's', step, 'a', attempt, 'e', epoch,
+      'w', wf)
+    forget()
+    return {'fwd', run, step, pinned}
+  end
+  if sticky ~= 'none' and pinned == '' then
+    redis.call('HSET', rk, 'worker', me)
+    redis.call('SADD', p .. ':pinned:' .. me, run)
+    redis.call('XADD', p .. ':hist:' .. run, '*', 'ev', 'pinned', 'w', me, 'epoch', epoch)
+    if held and held ~= '' then
+      for root in string.gmatch(held, '%S+') do
+        local ra = redis.call('HGET', rk, root .. '.a')
+        redis.call('XADD', p .. ':w:' .. me, '*', 'r', run, 's', root, 'a', ra, 'e', epoch,
+          'w', wf)
+      end
+      redis.call('HSET', rk, 'held', '')
+    end
+  end
+  redis.call('HSET', rk, step .. '.st', 'running', step .. '.w', me, step .. '.t0', now)
+  if status == 'queued' then redis.call('HSET', rk, 'status', 'running', 'started', now) end
+  redis.call('XADD', p .. ':hist:' .. run, '*', 'ev', 'started', 's', step, 'w', me, 'a', attempt)
+  local res = {'run', run, step, attempt, epoch, wf, stream, id, redis.call('HGET', rk, 'input'),
+    h[8] or '0'}
+  if h[9] then
+    local names = {}
+    for name in string.gmatch(h[9], '%S+') do names[#names + 1] = name end
+    local outs = redis.call('HMGET', p .. ':out:' .. run, unpack(names))
+    for j = 1, #names do
+      res[#res + 1] = names[j]
+      res[#res + 1] = outs[j] or ''
+    end
+  end
+  return res
+end
