@@ -327,6 +327,10 @@ class Rstick:
     def get_run(self, run_id: str) -> Run:
         return self.client.get_run(run_id)
 
+    def cancel(self, run_id: str) -> str:
+        """Cancel a run that has not finished; returns its status afterwards."""
+        return self.client.cancel(run_id)
+
     def list_workers(self) -> list[WorkerInfo]:
         return self.client.list_workers()
 

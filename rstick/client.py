@@ -300,6 +300,16 @@ class Client:
             )
         return workers
 
+    def cancel(self, run_id: str, reason: str = "cancelled by user") -> str:
+        """Cancel a run that has not finished; returns its status afterwards."""
+        status: bytes = self.scripts.cancel(
+            keys=[self.keys.workflows],
+            args=[self.keys.prefix, run_id, int(time.time() * 1000), reason],
+        )
+        if not status:
+            raise RunNotFound(run_id)
+        return status.decode()
+
     # -- dead letters -------------------------------------------------------
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:

@@ -6,24 +6,10 @@ commands can leave a run half-changed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache
 from importlib.resources import files
 from typing import Any
-
-NAMES = (
-    "enqueue",
-    "fetch",
-    "claim",
-    "complete",
-    "due",
-    "release",
-    "reap_run",
-    "reap_entries",
-    "forget",
-    "lead",
-    "beat",
-)
 
 
 def _read(name: str) -> str:
@@ -51,7 +37,8 @@ class Scripts:
     lead: Any
     beat: Any
     forget: Any
+    cancel: Any
 
     @classmethod
     def register(cls, client: Any) -> Scripts:
-        return cls(**{n: client.register_script(source(n)) for n in NAMES})
+        return cls(**{f.name: client.register_script(source(f.name)) for f in fields(cls)})

@@ -75,6 +75,9 @@ for _, s in ipairs(dispatch) do
   end
 end
 redis.call('ZADD', p .. ':runs', now, run_id)
+if parent_run ~= '' then
+  redis.call('HSET', p .. ':run:' .. parent_run, 'c.' .. run_id, parent_step)
+end
 local ev = {'ev', 'created', 'wf', wf}
 if pin ~= '' then ev[#ev + 1] = 'w'; ev[#ev + 1] = pin end
 if parent_run ~= '' then ev[#ev + 1] = 'parent'; ev[#ev + 1] = parent_run .. '/' .. parent_step end
