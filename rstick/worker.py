@@ -1,12 +1,12 @@
-"""The worker: read entries, claim them, run their steps, complete them in batches.
+"""The worker: take entries, run their steps, complete them in batches.
 
 The loop is three small coroutines that share one asyncio event loop:
 
-- ``_fetch_loop``: while slots are free, read the personal stream first, then
-  the shared queues (blocking), and claim what was read in one script call;
+- ``_fetch_loop``: while slots are free, read and claim a batch in one script
+  call (personal stream first, then the shared queues); block in XREADGROUP
+  only when every stream is empty;
 - ``_complete_loop``: send finished steps' outcomes in one script call per batch;
-- ``_tick_loop``: heartbeats, due delayed entries, the reaper.
-"""
+- ``_tick_loop``: heartbeats, due delayed entries, the reaper (``reaper.py``)."""
 
 from __future__ import annotations
 
