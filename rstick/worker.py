@@ -107,6 +107,7 @@ class Worker:
         self._lent = 0
         self._slot_freed = asyncio.Event()
         self._outcome_ready = asyncio.Event()
+        self._stop_requested = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.reaper = Reaper(app, self._id)
 
@@ -169,9 +170,17 @@ class Worker:
         await pipe.execute()
 
     async def main(self) -> None:
-        """Start, serve until ``stop`` is requested, drain, deregister."""
-        await self.start()
-        self._stop_requested = asyncio.Event()
+        """Start (waiting for Redis if it is down), serve until a stop is
+        requested, drain, hand off."""
+        backoff = Backoff("start")
+        while not self.stopping:
+            try:
+                await self.start()
+                break
+            except TRANSIENT as exc:
+                await backoff.wait(exc)
+        else:
+            return
         loops = [
             asyncio.create_task(self._fetch_loop(), name="fetch"),
             asyncio.create_task(self._complete_loop(), name="complete"),

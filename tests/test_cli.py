@@ -1,0 +1,430 @@
+"""The ``rstick`` command line on fakeredis: each command's output, JSON shape and exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import fakeredis
+import pytest
+from click.testing import CliRunner, Result
+
+from rstick import Context, Rstick, StickyStrategy, Worker
+from rstick_cli import settings
+from rstick_cli.main import cli
+from rstick_cli.render import duration, table
+from rstick_cli.settings import hide_password
+from rstick_cli.worker import load_app
+
+_namespaces = itertools.count()
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def bind(app: Rstick, server: fakeredis.FakeServer) -> Rstick:
+    app.client.use(sync=fakeredis.FakeRedis(server=server),
+                   aio=fakeredis.FakeAsyncRedis(server=server))
+    return app
+
+
+def define(app: Rstick) -> None:
+    """The workflows the worker side knows; the CLI side never imports them."""
+
+    @app.workflow(sticky=StickyStrategy.SOFT, on_events=["user:create"])
+    class Dag:
+        @app.step()
+        def a(self, ctx: Context) -> str:
+            return ctx.worker.id()
+
+        @app.step(parents=["a"])
+        def b(self, ctx: Context) -> Any:
+            return [ctx.parent_output("a"), ctx.input]
+
+    @app.workflow()
+    class Boom:
+        @app.step()
+        def explode(self, ctx: Context) -> None:
+            raise ValueError("boom")
+
+
+@dataclass
+class World:
+    """A worker-side app and the CLI, both on one fake server."""
+
+    server: fakeredis.FakeServer
+    namespace: str
+    app: Rstick
+    made: list[tuple[str | None, str | None]]
+
+    def invoke(self, *args: str) -> Result:
+        return CliRunner().invoke(cli, list(args))
+
+    def keys(self) -> set[bytes]:
+        return set(fakeredis.FakeRedis(server=self.server).keys("*"))
+
+    def serve(self, worker_id: str = "w1", passes: int = 4) -> Worker:
+        """Register the worker, then run what is queued, a few non-blocking passes."""
+        worker = Worker(self.app, worker_id=worker_id)
+
+        async def go() -> None:
+            await worker.start()
+            for _ in range(passes):
+                await worker.run_once()
+
+        asyncio.run(go())
+        return worker
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    server = fakeredis.FakeServer()
+    namespace = f"cli{next(_namespaces)}"
+    app = bind(Rstick(redis_url="redis://fake", namespace=namespace), server)
+    define(app)
+    made: list[tuple[str | None, str | None]] = []
+
+    def make_app(redis_url: str | None, ns: str | None) -> Rstick:
+        made.append((redis_url, ns))
+        return bind(Rstick(redis_url="redis://fake", namespace=namespace), server)
+
+    monkeypatch.setattr(settings, "make_app", make_app)
+    world = World(server, namespace, app, made)
+    world.serve(passes=0)  # the worker registers its definitions, as at start
+    yield world
+
+
+def run_id_of(result: Result) -> str:
+    assert result.exit_code == 0, result.output
+    return result.stdout.splitlines()[0]
+
+
+# -- enqueue -----------------------------------------------------------------
+
+
+def test_enqueue_prints_the_run_id(world: World) -> None:
+    result = world.invoke("enqueue", "Dag", "--input", '{"user": 1}')
+    assert result.exit_code == 0, result.output
+    run_id = result.stdout.strip()
+    assert RUN_ID.match(run_id)
+    run = world.app.get_run(run_id)
+    assert (run.workflow, run.status.value) == ("Dag", "queued")
+
+
+def test_enqueue_json_is_one_object(world: World) -> None:
+    result = world.invoke("enqueue", "Dag", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report) == {"run_id", "status", "result"}
+    assert report["status"] == "queued" and report["result"] is None
+    assert world.app.get_run(report["run_id"]).workflow == "Dag"
+
+
+def test_enqueue_wait_prints_the_outputs(world: World) -> None:
+    run_id = run_id_of(world.invoke("enqueue", "Dag", "--input", '{"u": 1}', "--run-id", "r1"))
+    assert run_id == "r1"
+    world.serve()
+    # The same run id again starts nothing new: --wait finds the run already finished.
+    text = world.invoke("enqueue", "Dag", "--run-id", "r1", "--wait", "--timeout", "5")
+    assert text.exit_code == 0, text.output
+    first, *rest = text.stdout.splitlines()
+    assert first == "r1"
+    assert json.loads("\n".join(rest)) == {"a": "w1", "b": ["w1", {"u": 1}]}
+    report = json.loads(world.invoke("enqueue", "Dag", "--run-id", "r1", "--wait", "--json").stdout)
+    assert report == {"run_id": "r1", "status": "succeeded",
+                      "result": {"a": "w1", "b": ["w1", {"u": 1}]}}
+
+
+def test_enqueue_wait_on_a_failed_run_exits_non_zero(world: World) -> None:
+    run_id_of(world.invoke("enqueue", "Boom", "--run-id", "r2"))
+    world.serve()
+    result = world.invoke("enqueue", "Boom", "--run-id", "r2", "--wait", "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["status"] == "failed" and report["result"] is None
+    error = report["error"]
+    assert (error["step"], error["type"], error["message"]) == ("explode", "ValueError", "boom")
+    assert "Traceback" in error["traceback"]
+    text = world.invoke("enqueue", "Boom", "--run-id", "r2", "--wait")
+    assert text.exit_code == 1
+    assert text.stdout.strip() == "r2"
+    assert text.stderr.splitlines()[-1] == (
+        "rstick: run r2 failed in step 'explode': ValueError: boom")
+
+
+def test_enqueue_wait_gives_up_after_the_timeout(world: World) -> None:
+    result = world.invoke("enqueue", "Dag", "--wait", "--timeout", "0.2", "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["status"] == "queued" and report["result"] is None
+    assert report["error"]["type"] == "ResultTimeout"
+    alone = world.invoke("enqueue", "Dag", "--timeout", "1")
+    assert alone.exit_code == 2
+    assert alone.stderr == "rstick: --timeout only applies with --wait\n"
+
+
+def test_unknown_workflow_exits_non_zero_and_writes_nothing(world: World) -> None:
+    before = world.keys()
+    result = world.invoke("enqueue", "Nope", "--input", "{}")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == "rstick: unknown workflow 'Nope'\n"
+    assert world.keys() == before
+
+
+@pytest.mark.parametrize(
+    "command", [["enqueue", "Dag", "--input"], ["emit", "user:create", "--data"]]
+)
+def test_bad_json_is_one_line_and_exit_2(world: World, command: list[str]) -> None:
+    before = world.keys()
+    result = world.invoke(*command, "{user: 1")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"rstick: {command[-1]} is not valid JSON: ")
+    assert result.stderr.count("\n") == 1
+    assert world.keys() == before
+
+
+# -- emit --------------------------------------------------------------------
+
+
+def test_emit_starts_the_listeners_and_prints_their_runs(world: World) -> None:
+    result = world.invoke("emit", "user:create", "--data", '{"id": 1}')
+    assert result.exit_code == 0, result.output
+    [line] = result.stdout.splitlines()
+    run_id, workflow = line.split()
+    assert workflow == "Dag"
+    assert world.app.get_run(run_id).workflow == "Dag"
+
+
+def test_emit_with_a_key_starts_the_runs_once(world: World) -> None:
+    first = json.loads(world.invoke("emit", "user:create", "--key", "k1", "--json").stdout)
+    again = json.loads(world.invoke("emit", "user:create", "--key", "k1", "--json").stdout)
+    assert first == again
+    assert first["event"] == "user:create" and len(first["runs"]) == 1
+    assert len(world.app.client.list_runs()) == 1
+
+
+def test_emit_without_listeners_reports_zero_runs(world: World) -> None:
+    text = world.invoke("emit", "nobody:listens")
+    assert text.exit_code == 0
+    assert text.stdout == ""
+    assert "no workflow listens to 'nobody:listens'" in text.stderr
+    report = world.invoke("emit", "nobody:listens", "--json")
+    assert report.exit_code == 0
+    assert json.loads(report.stdout) == {"event": "nobody:listens", "runs": []}
+    assert world.app.client.list_runs() == []
+
+
+# -- runs --------------------------------------------------------------------
+
+
+def test_runs_show_text(world: World) -> None:
+    ok = run_id_of(world.invoke("enqueue", "Dag"))
+    failed = run_id_of(world.invoke("enqueue", "Boom"))
+    world.serve()
+    result = world.invoke("runs", "show", ok)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert re.search(r"^workflow\s+Dag$", out, re.M)
+    assert re.search(r"^status\s+succeeded$", out, re.M)
+    assert re.search(r"^sticky\s+soft$", out, re.M)
+    assert re.search(r"^worker\s+w1$", out, re.M)
+    assert re.search(r"^STEP\s+STATUS\s+WORKER\s+ATTEMPTS\s+STARTED\s+FINISHED\s+DURATION\s+ERROR$",
+                     out, re.M)
+    assert re.search(r"^a\s+succeeded\s+w1\s+1\s", out, re.M)
+    assert re.search(r"^b\s+succeeded\s+w1\s+1\s", out, re.M)
+    assert re.search(r"started\s+step=a worker=w1 attempt=1$", out, re.M)
+    assert re.search(r"finished\s+status=succeeded$", out, re.M)
+
+    bad = world.invoke("runs", "show", failed).stdout
+    assert re.search(r"^status\s+failed \(step 'explode': ValueError: boom\)$", bad, re.M)
+    assert re.search(r"^explode\s+failed\s+w1\s+1\s.*ValueError: boom$", bad, re.M)
+
+
+def test_runs_show_json(world: World) -> None:
+    run_id = run_id_of(world.invoke("enqueue", "Boom"))
+    world.serve()
+    result = world.invoke("runs", "show", run_id, "--json")
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.stdout)
+    assert {"run_id", "workflow", "status", "sticky", "worker", "steps", "history"} <= set(run)
+    assert (run["run_id"], run["workflow"], run["status"], run["sticky"]) == (
+        run_id, "Boom", "failed", "none")
+    [step] = run["steps"]
+    wanted = {"name", "status", "worker", "attempts", "started_at", "finished_at", "error"}
+    assert wanted <= set(step)
+    assert (step["name"], step["status"], step["worker"], step["attempts"]) == (
+        "explode", "failed", "w1", 1)
+    assert step["started_at"] <= step["finished_at"]
+    assert (step["error"]["type"], step["error"]["message"]) == ("ValueError", "boom")
+    events = run["history"]
+    assert events[0]["event"] == "created" and events[-1]["event"] == "finished"
+    assert {"event": "failed", "step": "explode", "worker": "w1", "attempt": "1"}.items() <= (
+        events[-2].items())
+
+
+def test_runs_show_unknown_run(world: World) -> None:
+    result = world.invoke("runs", "show", "nope")
+    assert result.exit_code == 1
+    assert result.stderr == "rstick: run 'nope' not found\n"
+
+
+def test_runs_list_filters_by_status(world: World) -> None:
+    ok = run_id_of(world.invoke("enqueue", "Dag"))
+    failed = run_id_of(world.invoke("enqueue", "Boom"))
+    world.serve()
+    queued = run_id_of(world.invoke("enqueue", "Dag"))
+    listed = json.loads(world.invoke("runs", "list", "--status", "failed", "--json").stdout)
+    assert [r["run_id"] for r in listed] == [failed]
+    every = json.loads(world.invoke("runs", "list", "--json").stdout)
+    assert {r["run_id"] for r in every} == {ok, failed, queued}
+    assert len(json.loads(world.invoke("runs", "list", "--limit", "1", "--json").stdout)) == 1
+
+    text = world.invoke("runs", "list", "--status", "succeeded").stdout.splitlines()
+    assert text[0].split() == ["RUN", "WORKFLOW", "STATUS", "STICKY", "WORKER", "CREATED",
+                               "DURATION"]
+    assert [line.split()[:5] for line in text[1:]] == [[ok, "Dag", "succeeded", "soft", "w1"]]
+    bad = world.invoke("runs", "list", "--status", "lost")
+    assert bad.exit_code == 2
+
+
+# -- workers -----------------------------------------------------------------
+
+
+def test_workers_json_and_text(world: World) -> None:
+    result = world.invoke("workers", "--json")
+    assert result.exit_code == 0, result.output
+    [w] = json.loads(result.stdout)
+    assert (w["worker_id"], w["alive"], w["concurrency"], w["queues"]) == (
+        "w1", True, 10, ["default"])
+    assert {"host", "pid", "running", "pinned", "last_heartbeat"} <= set(w)
+    lines = world.invoke("workers").stdout.splitlines()
+    assert lines[0].split() == ["WORKER", "HOST", "PID", "QUEUES", "CONCURRENCY", "RUNNING",
+                                "PINNED", "HEARTBEAT", "ALIVE"]
+    assert lines[1].split()[0] == "w1" and lines[1].split()[-1] == "yes"
+
+
+# -- options, errors, help -----------------------------------------------------
+
+
+def test_command_options_override_the_groups(world: World) -> None:
+    world.invoke("--namespace", "a", "--redis", "redis://one", "workers")
+    world.invoke("--namespace", "a", "workers", "--namespace", "b")
+    world.invoke("workers")
+    assert world.made == [("redis://one", "a"), (None, "b"), (None, None)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    "command", [["workers"], ["runs", "list"], ["runs", "show", "x"], ["enqueue", "Dag"],
+                ["emit", "e"]],
+)
+def test_unreachable_redis_is_one_line_with_the_password_hidden(command: list[str]) -> None:
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    result = CliRunner().invoke(cli, ["--redis", url, *command])
+    assert result.exit_code == 1
+    assert "s3cret" not in result.output
+    expected = f"rstick: cannot reach Redis at {hide_password(url)}: "
+    assert expected.startswith("rstick: cannot reach Redis at redis://:***@127.0.0.1:")
+    assert result.stderr.startswith(expected)
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output
+
+
+def test_unreachable_redis_from_the_environment() -> None:
+    url = f"redis://user:s3cret@127.0.0.1:{free_port()}/0"
+    result = CliRunner(env={"RSTICK_REDIS_URL": url}).invoke(cli, ["workers"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        f"rstick: cannot reach Redis at redis://user:***@127.0.0.1:{url.rsplit(':', 1)[1]}: ")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw@host:6379/0", "redis://:***@host:6379/0"),
+        ("redis://user:p%40ss:w@host/1", "redis://user:***@host/1"),
+        ("rediss://lonely@host", "rediss://***@host"),
+        ("redis://host:6379/0", "redis://host:6379/0"),
+        ("redis://:a/b@host/0", "redis://:***@host/0"),
+        ("redis://host?password=pw&db=2", "redis://host?password=***&db=2"),
+        ("unix:///tmp/r.sock?db=1&password=pw", "unix:///tmp/r.sock?db=1&password=***"),
+    ],
+)
+def test_hide_password(url: str, shown: str) -> None:
+    assert hide_password(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("spec", "code", "message"),
+    [
+        ("no_colon", 2, "expected MODULE:APP"),
+        ("no_such_module_xyz:app", 1, "cannot import 'no_such_module_xyz': no module named"),
+        ("json:app", 1, "module 'json' has no attribute 'app'"),
+        ("json:loads", 1, "'json:loads' is a function, not an Rstick app"),
+    ],
+)
+def test_worker_refuses_a_bad_app(spec: str, code: int, message: str) -> None:
+    result = CliRunner().invoke(cli, ["worker", spec])
+    assert result.exit_code == code
+    assert result.stderr.startswith(f"rstick: {message}")
+    assert result.stderr.count("\n") == 1
+
+
+def test_worker_imports_the_app_from_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "cli_app_ok.py").write_text(
+        "from rstick import Rstick\napp = Rstick(redis_url='redis://127.0.0.1:1/0')\n"
+        "@app.task\ndef job(ctx):\n    return 1\n"
+    )
+    (tmp_path / "cli_app_broken.py").write_text("raise RuntimeError('nope')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    for name in ("cli_app_ok", "cli_app_broken"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    app = load_app("cli_app_ok:app")
+    assert isinstance(app, Rstick) and list(app.workflows) == ["job"]
+    result = CliRunner().invoke(cli, ["worker", "cli_app_broken:app"])
+    assert result.exit_code == 1
+    assert "Traceback" in result.stderr  # the user's bug: its traceback says where
+    assert result.stderr.splitlines()[-1] == (
+        "rstick: error while importing 'cli_app_broken': RuntimeError: nope")
+
+
+def test_every_command_has_help() -> None:
+    def walk(command: click.Command, path: list[str]) -> Iterator[list[str]]:
+        yield path
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                yield from walk(sub, [*path, name])
+
+    paths = list(walk(cli, []))
+    assert len(paths) >= 7
+    for path in paths:
+        result = CliRunner().invoke(cli, [*path, "--help"])
+        assert result.exit_code == 0, path
+        assert result.stdout.startswith("Usage: "), path
+        assert "--help" in result.stdout
+
+
+# -- rendering ------------------------------------------------------------------
+
+
+def test_durations_and_tables() -> None:
+    assert [duration(s) for s in (None, 0.012, 1.25, 123.0, 7322.0)] == [
+        None, "12 ms", "1.25 s", "2m 03s", "2h 02m"]
+    assert table(["A", "LONGER"], [["xyz", None], ["q", 1]]).splitlines() == [
+        "A    LONGER", "xyz  -", "q    1"]
