@@ -205,7 +205,7 @@ class Client:
         keys, args = self.enqueue_args(wf, run_id, input, delay=delay, pin=pin, parent=parent)
         pipe = self.aredis.pipeline(transaction=False)
         self._register_local(pipe, wf)
-        self.ascripts.enqueue(keys=keys, args=args, client=pipe)
+        await self.ascripts.enqueue(keys=keys, args=args, client=pipe)
         self._checked(wf, (await pipe.execute())[-1])
         return AsyncRunRef(self, run_id)
 

@@ -71,6 +71,11 @@ class Job:
     attempt: int
     epoch: int
 
+    @property
+    def key(self) -> str:
+        """Unique among running jobs: two streams can hand out one entry id in the same ms."""
+        return f"{self.stream} {self.entry_id}"
+
 
 class Worker:
     """Runs the steps of the app's workflows. ``run()`` blocks until stopped."""
@@ -409,13 +414,13 @@ class Worker:
             reassigned=reply[9] == b"1",
             parents=parents,
         )
-        self.running[job.entry_id] = asyncio.create_task(self._execute(job, ctx))
+        self.running[job.key] = asyncio.create_task(self._execute(job, ctx))
 
     async def _execute(self, job: Job, ctx: Context) -> None:
         try:
             outcome = await self._outcome(job, ctx)
         finally:  # a cancelled step leaves its entry pending: it is re-run, never lost
-            del self.running[job.entry_id]
+            del self.running[job.key]
             self._slot_freed.set()
         step = job.step
         self.outcomes.append(
