@@ -1,0 +1,1 @@
+"""Runnable rstick examples; run them from the repository's root folder."""

