@@ -1,0 +1,267 @@
+"""Definitions: decorators, the step DAG and what is refused at decoration time."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from rstick import Context, DefinitionError, Rstick, StickyStrategy, WorkflowDef
+
+
+def test_workflow_decorator_registers_steps_parents_and_children(app: Rstick) -> None:
+    @app.workflow(sticky=StickyStrategy.HARD, on_events=["user:create"], queue="slow")
+    class Dag:
+        @app.step()
+        def a(self, ctx: Context) -> int:
+            return 1
+
+        @app.step(retries=3, timeout=2.5, backoff=0.5)
+        async def b(self, ctx: Context) -> int:
+            return 2
+
+        @app.step(parents=["a", "b"])
+        def c(self, ctx: Context) -> int:
+            return 3
+
+        def helper(self) -> None:
+            """Not a step: no decorator."""
+
+    wf = app.workflows["Dag"]
+    assert wf.cls is Dag
+    assert list(wf.steps) == ["a", "b", "c"]
+    assert sorted(wf.roots) == ["a", "b"]
+    assert (wf.sticky, wf.queue, wf.on_events) == (StickyStrategy.HARD, "slow", ("user:create",))
+    assert wf.steps["c"].parents == ("a", "b")
+    assert wf.steps["a"].children == ("c",) and wf.steps["b"].children == ("c",)
+    assert wf.steps["c"].children == ()
+    b = wf.steps["b"]
+    assert (b.retries, b.timeout, b.backoff, b.is_async) == (3, 2.5, 0.5, True)
+    assert wf.steps["a"].is_async is False
+    assert not wf.is_task
+
+
+def test_a_workflow_without_sticky_is_not_sticky(app: Rstick) -> None:
+    @app.workflow()
+    class Plain:
+        @app.step()
+        def only(self, ctx: Context) -> None: ...
+
+    assert app.workflows["Plain"].sticky is StickyStrategy.NONE
+    assert app.workflows["Plain"].queue == "default"
+
+
+def test_names_can_be_overridden(app: Rstick) -> None:
+    @app.workflow(name="Renamed")
+    class Original:
+        @app.step(name="first")
+        def a(self, ctx: Context) -> None: ...
+
+        @app.step(parents=["first"])
+        def second(self, ctx: Context) -> None: ...
+
+    assert list(app.workflows) == ["Renamed"]
+    assert app.workflows["Renamed"].steps["second"].parents == ("first",)
+
+
+def test_cycle_is_refused_and_nothing_registered(app: Rstick) -> None:
+    with pytest.raises(DefinitionError, match=r"'Loop'.*\['a', 'b', 'c'\] form a cycle"):
+
+        @app.workflow()
+        class Loop:
+            @app.step()
+            def root(self, ctx: Context) -> None: ...
+
+            @app.step(parents=["root", "c"])
+            def a(self, ctx: Context) -> None: ...
+
+            @app.step(parents=["a"])
+            def b(self, ctx: Context) -> None: ...
+
+            @app.step(parents=["b"])
+            def c(self, ctx: Context) -> None: ...
+
+    assert app.workflows == {}
+
+
+def test_a_step_that_is_its_own_parent_is_refused(app: Rstick) -> None:
+    with pytest.raises(DefinitionError, match="step 'a' is its own parent"):
+
+        @app.workflow()
+        class Selfish:
+            @app.step(parents=["a"])
+            def a(self, ctx: Context) -> None: ...
+
+
+def test_unknown_parent_is_refused(app: Rstick) -> None:
+    with pytest.raises(DefinitionError, match="workflow 'Typo': step 'b' has unknown parent 'aa'"):
+
+        @app.workflow()
+        class Typo:
+            @app.step()
+            def a(self, ctx: Context) -> None: ...
+
+            @app.step(parents=["aa"])
+            def b(self, ctx: Context) -> None: ...
+
+    assert "Typo" not in app.workflows
+
+
+def test_duplicate_step_names_are_refused(app: Rstick) -> None:
+    with pytest.raises(DefinitionError, match="workflow 'Twice': duplicate step 'a'"):
+
+        @app.workflow()
+        class Twice:
+            @app.step()
+            def a(self, ctx: Context) -> None: ...
+
+            @app.step(name="a")
+            def also_a(self, ctx: Context) -> None: ...
+
+    assert "Twice" not in app.workflows
+
+
+def test_duplicate_workflow_names_are_refused(app: Rstick) -> None:
+    @app.workflow()
+    class Same:
+        @app.step()
+        def a(self, ctx: Context) -> None: ...
+
+    first = app.workflows["Same"]
+    with pytest.raises(DefinitionError, match="workflow 'Same' is defined twice"):
+
+        @app.workflow(name="Same")
+        class Other:
+            @app.step()
+            def b(self, ctx: Context) -> None: ...
+
+    with pytest.raises(DefinitionError, match="workflow 'Same' is defined twice"):
+
+        @app.task(name="Same")
+        def same(ctx: Context) -> None: ...
+
+    assert app.workflows["Same"] is first
+
+
+def test_a_workflow_needs_a_step(app: Rstick) -> None:
+    with pytest.raises(DefinitionError, match="'Empty' has no steps"):
+
+        @app.workflow()
+        class Empty:
+            def not_a_step(self) -> None: ...
+
+
+def test_parents_given_as_a_string_are_refused(app: Rstick) -> None:
+    # "ab" would otherwise silently mean the parents "a" and "b".
+    with pytest.raises(DefinitionError, match="parents must be a list"):
+        app.step(parents="a")
+
+
+def test_negative_retries_are_refused(app: Rstick) -> None:
+    with pytest.raises(DefinitionError, match="retries must be >= 0"):
+        app.step(retries=-1)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: bare @app.step (no parentheses) silently drops the method from the workflow",
+)
+def test_bare_step_decorator_is_not_silently_ignored(app: Rstick) -> None:
+    def define() -> None:
+        @app.workflow()
+        class Bare:
+            @app.step()
+            def a(self, ctx: Context) -> None: ...
+
+            @app.step  # type: ignore[arg-type]
+            def b(self, ctx: Context) -> None: ...
+
+    # Either b is a step, or the mistake is refused: never a workflow without b.
+    try:
+        define()
+    except DefinitionError:
+        return
+    assert "b" in app.workflows["Bare"].steps
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: names are stored space-separated and retries as 'run|step|attempt|epoch': "
+    "a step name with whitespace or '|' (or a workflow name with whitespace) is accepted "
+    "and later corrupts the run",
+)
+@pytest.mark.parametrize(("workflow", "step"), [("Ok", "my step"), ("Ok", "a|b"), ("My Flow", "a")])
+def test_names_that_the_redis_layout_cannot_hold_are_refused(
+    app: Rstick, workflow: str, step: str
+) -> None:
+    with pytest.raises(DefinitionError):
+
+        @app.workflow(name=workflow)
+        class Named:
+            @app.step(name=step)
+            def a(self, ctx: Context) -> None: ...
+
+
+def test_task_decorator_bare_and_with_options(app: Rstick) -> None:
+    @app.task
+    def plain(ctx: Context, x: int) -> int:
+        return x
+
+    @app.task(retries=2, timeout=1.0, queue="mail", name="send")
+    async def send_email(ctx: Context, to: str) -> None: ...
+
+    assert plain(None, 3) == 3  # the function itself is returned
+    wf = app.workflows["plain"]
+    assert wf.is_task and wf.sticky is StickyStrategy.NONE
+    assert list(wf.steps) == ["plain"] and wf.roots == ["plain"]
+    send = app.workflows["send"]
+    assert send.queue == "mail" and send.is_task
+    step = send.steps["send"]
+    assert (step.retries, step.timeout, step.is_async) == (2, 1.0, True)
+    assert "send_email" not in app.workflows
+
+
+def test_retry_delay_doubles_and_is_capped() -> None:
+    app = Rstick(redis_url="redis://fake")
+
+    @app.task(backoff=0.5)
+    def job(ctx: Context) -> None: ...
+
+    step = app.workflows["job"].steps["job"]
+    assert [step.retry_delay(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
+    assert step.retry_delay(30) == 300.0
+
+
+def test_definition_round_trips_through_json(app: Rstick) -> None:
+    @app.workflow(sticky=StickyStrategy.SOFT, on_events=["e"], queue="q", schedule_timeout=9.0)
+    class Dag:
+        @app.step(retries=1)
+        def a(self, ctx: Context) -> None: ...
+
+        @app.step(parents=["a"])
+        def b(self, ctx: Context) -> None: ...
+
+    raw = app.workflows["Dag"].to_json()
+    data: dict[str, Any] = json.loads(raw)
+    assert data["steps"][1] == {"name": "b", "parents": ["a"], "retries": 0, "timeout": None}
+    remote = WorkflowDef.from_json(raw)
+    assert (remote.name, remote.sticky, remote.queue, remote.on_events) == (
+        "Dag",
+        StickyStrategy.SOFT,
+        "q",
+        ("e",),
+    )
+    assert remote.schedule_timeout == 9.0
+    assert remote.steps["a"].children == ("b",) and remote.steps["a"].retries == 1
+    assert remote.roots == ["a"]
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RSTICK_REDIS_URL", "redis://127.0.0.1:6390/2")
+    monkeypatch.setenv("RSTICK_NAMESPACE", "envns")
+    app = Rstick()
+    assert (app.redis_url, app.namespace) == ("redis://127.0.0.1:6390/2", "envns")
+    assert app.keys.queue("default") == "{envns}:q:default"
+    with pytest.raises(ValueError, match="worker_ttl"):
+        Rstick(heartbeat=5.0, worker_ttl=5.0)

@@ -1,0 +1,399 @@
+"""The worker on fakeredis: retries with backoff, failures, how steps are called,
+free slots, timeouts. Time is driven through the ``due`` script, never slept."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import pytest
+
+from rstick import Context, Rstick, RunFailed, RunStatus, StepStatus, StickyStrategy, Worker
+from rstick.keys import GROUP
+
+T = TypeVar("T")
+LATER = 10**7  # ms: far enough ahead that every backoff here is due
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@asynccontextmanager
+async def started(app: Rstick, *ids: str, concurrency: int = 4) -> AsyncIterator[list[Worker]]:
+    workers = [Worker(app, worker_id=i, concurrency=concurrency) for i in ids]
+    for w in workers:
+        await w.start()
+    try:
+        yield workers
+    finally:
+        for w in workers:
+            w.pool.shutdown(wait=True)
+
+
+async def drain(*workers: Worker, max_rounds: int = 50) -> int:
+    """Run the workers until a whole round finds nothing to do; returns entries handled."""
+    total = 0
+    for _ in range(max_rounds):
+        handled = sum([await w.run_once() for w in workers])
+        if not handled:
+            return total
+        total += handled
+    raise AssertionError(f"workers still busy after {max_rounds} rounds")
+
+
+async def skip_ahead(w: Worker) -> int:
+    """Move every delayed entry as if the clock were far ahead; returns how many."""
+    moved: int = await w.scripts.due(
+        keys=[w.keys.workflows], args=[w.keys.prefix, now_ms() + LATER, 100]
+    )
+    return moved
+
+
+def delayed(app: Rstick) -> list[tuple[str, float]]:
+    raw = app.client.redis.zrange(app.keys.delayed, 0, -1, withscores=True)
+    return [(m.decode(), score) for m, score in raw]
+
+
+# -- retries ----------------------------------------------------------------
+
+
+def test_a_step_is_retried_with_exponential_backoff(app: Rstick) -> None:
+    attempts: list[int] = []
+
+    @app.task(retries=2, backoff=60)
+    def flaky(ctx: Context) -> str:
+        attempts.append(ctx.attempt)
+        if ctx.attempt < 3:
+            raise ConnectionError(f"try {ctx.attempt}")
+        return "done"
+
+    ref = app.enqueue("flaky")
+
+    async def scenario() -> None:
+        async with started(app, "w1") as [w1]:
+            for attempt, backoff_ms in ((1, 60_000), (2, 120_000)):
+                before = now_ms()
+                assert await w1.run_once() == 1
+                after = now_ms()
+                [(member, due)] = delayed(app)
+                assert member == f"{ref.run_id}|flaky|{attempt + 1}|0"
+                assert before + backoff_ms <= due <= after + backoff_ms
+                step = ref.get().step("flaky")
+                assert (step.status, step.attempts) == (StepStatus.RETRYING, attempt + 1)
+                assert step.error is not None and step.error.message == f"try {attempt}"
+                assert ref.status() is RunStatus.RUNNING
+                assert await w1.run_once() == 0  # not due yet
+                assert await skip_ahead(w1) == 1
+            assert await drain(w1) == 1
+
+    run(scenario())
+    assert attempts == [1, 2, 3]
+    assert ref.result(timeout=1) == "done"
+    assert delayed(app) == []
+    events = [(e["ev"], e.get("a")) for e in app.client.history(ref.run_id)]
+    assert events == [
+        ("created", None),
+        ("started", "1"),
+        ("retry", "1"),
+        ("started", "2"),
+        ("retry", "2"),
+        ("started", "3"),
+        ("succeeded", "3"),
+        ("finished", None),
+    ]
+
+
+def test_a_sticky_runs_retry_stays_on_its_worker(app: Rstick) -> None:
+    seen: list[tuple[str, int, str]] = []
+
+    @app.workflow(sticky=StickyStrategy.SOFT)
+    class Sticky:
+        @app.step(retries=2, backoff=60)
+        def a(self, ctx: Context) -> None:
+            seen.append(("a", ctx.attempt, ctx.worker.id()))
+            if ctx.attempt == 1:
+                raise RuntimeError("first try fails")
+
+        @app.step(parents=["a"], retries=1, backoff=60)
+        def b(self, ctx: Context) -> None:
+            seen.append(("b", ctx.attempt, ctx.worker.id()))
+            if ctx.attempt == 1:
+                raise RuntimeError("first try fails")
+
+    ref = app.enqueue("Sticky")
+    redis = app.client.redis
+
+    async def scenario() -> None:
+        async with started(app, "w1", "w2") as (w1, w2):
+            assert await w1.run_once() == 1  # pins to w1; a fails
+            for step in ("a", "b"):
+                assert await skip_ahead(w1) == 1
+                assert redis.xlen(app.keys.queue("default")) == 0
+                assert redis.xlen(app.keys.personal("w1")) == 1
+                assert await w2.run_once() == 0
+                assert await w1.run_once() == 1  # the retry succeeds...
+                if step == "a":
+                    assert await w1.run_once() == 1  # ...and b's first try fails
+
+    run(scenario())
+    assert seen == [("a", 1, "w1"), ("a", 2, "w1"), ("b", 1, "w1"), ("b", 2, "w1")]
+    assert ref.status() is RunStatus.SUCCEEDED
+
+
+def test_a_step_that_keeps_raising_fails_the_run_after_its_retries(app: Rstick) -> None:
+    calls: list[int] = []
+
+    @app.task(retries=1, backoff=60)
+    def broken(ctx: Context) -> None:
+        calls.append(ctx.attempt)
+        raise KeyError("missing")
+
+    ref = app.enqueue("broken")
+
+    async def scenario() -> None:
+        async with started(app, "w1") as [w1]:
+            assert await w1.run_once() == 1
+            assert await skip_ahead(w1) == 1
+            assert await w1.run_once() == 1
+            assert await skip_ahead(w1) == 0
+
+    run(scenario())
+    assert calls == [1, 2]
+    with pytest.raises(RunFailed) as info:
+        ref.result(timeout=1)
+    assert (info.value.step, info.value.error_type) == ("broken", "KeyError")
+    assert info.value.error_message == "'missing'"
+    r = ref.get()
+    assert (r.status, r.error_step) == (RunStatus.FAILED, "broken")
+    assert (r.step("broken").status, r.step("broken").attempts) == (StepStatus.FAILED, 2)
+    assert delayed(app) == []
+
+
+def test_a_non_serializable_output_fails_the_step_naming_the_path(app: Rstick) -> None:
+    @app.workflow()
+    class Bad:
+        @app.step()
+        def a(self, ctx: Context) -> dict[str, Any]:
+            return {"x": [1, {2, 3}]}
+
+        @app.step(parents=["a"])
+        def b(self, ctx: Context) -> None: ...
+
+    ref = app.enqueue("Bad")
+
+    async def scenario() -> None:
+        async with started(app, "w1") as [w1]:
+            await drain(w1)
+
+    run(scenario())
+    with pytest.raises(RunFailed) as info:
+        ref.result(timeout=1)
+    assert (info.value.step, info.value.error_type) == ("a", "SerializationError")
+    assert info.value.error_message == "output['x'][1]: set is not serializable"
+    assert ref.get().step("b").status is StepStatus.WAITING
+    assert app.client.redis.hgetall(app.keys.out(ref.run_id)) == {}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a step that raises CancelledError itself (not cancelled by the worker) "
+    "records no outcome: the run stays running forever on a live worker",
+)
+def test_a_step_raising_cancelled_error_fails_instead_of_hanging(app: Rstick) -> None:
+    @app.task
+    async def cancels(ctx: Context) -> None:
+        inner = asyncio.ensure_future(asyncio.sleep(30))
+        inner.cancel()
+        await inner  # raises CancelledError into the step
+
+    ref = app.enqueue("cancels")
+
+    async def scenario() -> None:
+        async with started(app, "w1") as [w1]:
+            await drain(w1)
+
+    run(scenario())
+    assert ref.status() is RunStatus.FAILED
+    with pytest.raises(RunFailed, match="CancelledError"):
+        ref.result(timeout=1)
+
+
+# -- how steps are called -----------------------------------------------------
+
+
+def test_def_steps_run_in_the_pool_and_async_steps_on_the_loop(app: Rstick) -> None:
+    where: dict[str, str] = {}
+
+    @app.workflow()
+    class Mixed:
+        @app.step()
+        def sync_step(self, ctx: Context) -> None:
+            where["sync"] = threading.current_thread().name
+
+        @app.step()
+        async def async_step(self, ctx: Context) -> None:
+            asyncio.get_running_loop()  # raises outside a running loop
+            where["async"] = threading.current_thread().name
+
+    app.enqueue("Mixed")
+
+    async def scenario() -> None:
+        where["loop"] = threading.current_thread().name
+        async with started(app, "w1") as [w1]:
+            assert await drain(w1) == 2
+
+    run(scenario())
+    assert where["sync"].startswith("rstick-w1")
+    assert where["async"] == where["loop"] != where["sync"]
+
+
+def test_a_tasks_input_dict_is_spread_as_keyword_arguments(app: Rstick) -> None:
+    @app.task
+    def add(ctx: Context, x: int, y: int = 10) -> int:
+        return x + y
+
+    @app.task
+    async def echo(ctx: Context, data: Any = "nothing") -> Any:
+        return data
+
+    refs = [
+        app.enqueue("add", {"x": 1, "y": 2}),
+        app.enqueue("add", {"x": 1}),
+        app.enqueue("echo", [1, 2]),
+        app.enqueue("echo", "text"),
+        app.enqueue("echo"),
+    ]
+
+    async def scenario() -> None:
+        async with started(app, "w1", concurrency=10) as [w1]:
+            assert await drain(w1) == 5
+
+    run(scenario())
+    assert [r.result(timeout=1) for r in refs] == [3, 11, [1, 2], "text", "nothing"]
+
+
+def test_the_context_describes_the_step(app: Rstick) -> None:
+    seen: dict[str, Any] = {}
+
+    @app.workflow()
+    class Ctx:
+        @app.step()
+        def a(self, ctx: Context) -> int:
+            return 7
+
+        @app.step(parents=["a"])
+        def b(self, ctx: Context) -> None:
+            seen.update(
+                run_id=ctx.run_id,
+                step=ctx.step,
+                input=ctx.input,
+                attempt=ctx.attempt,
+                worker=ctx.worker.id(),
+                reassigned=ctx.reassigned,
+                parent=ctx.parent_output("a"),
+            )
+            with pytest.raises(KeyError, match="'b' is not a parent of step 'b'"):
+                ctx.parent_output("b")
+
+    ref = app.enqueue("Ctx", {"in": [1]})
+
+    async def scenario() -> None:
+        async with started(app, "w1") as [w1]:
+            await drain(w1)
+
+    run(scenario())
+    assert ref.status() is RunStatus.SUCCEEDED
+    assert seen == {
+        "run_id": ref.run_id,
+        "step": "b",
+        "input": {"in": [1]},
+        "attempt": 1,
+        "worker": "w1",
+        "reassigned": False,
+        "parent": 7,
+    }
+
+
+# -- free slots -------------------------------------------------------------
+
+
+def test_the_worker_never_claims_more_than_its_free_slots(app: Rstick) -> None:
+    gate = threading.Event()  # holds the jobs so that no slot frees up meanwhile
+
+    @app.task
+    def job(ctx: Context, n: int) -> int:
+        gate.wait(5)
+        return n
+
+    @app.workflow(sticky=StickyStrategy.SOFT)
+    class Pinned:
+        @app.step()
+        def only(self, ctx: Context) -> str:
+            return ctx.worker.id()
+
+    redis = app.client.redis
+    queue, personal = app.keys.queue("default"), app.keys.personal("w1")
+    refs = app.enqueue_many("job", [{"n": n} for n in range(25)])
+    # Runs pinned to w1 at creation (as sticky children are): its personal stream.
+    pinned = [app.client.enqueue("Pinned", pin="w1") for _ in range(3)]
+
+    async def scenario() -> None:
+        async with started(app, "w1", concurrency=10) as [w1]:
+            try:
+                assert await w1.fetch(None) == 10
+                assert len(w1.running) == 10 and w1.free == 0
+                # The personal stream first, then the shared queue up to the free slots.
+                assert redis.xpending(personal, GROUP)["pending"] == 3
+                assert redis.xpending(queue, GROUP)["pending"] == 7
+                assert await w1.fetch(None) == 0  # full: it reads nothing
+                assert redis.xpending(queue, GROUP)["pending"] == 7
+            finally:
+                gate.set()
+            await asyncio.wait(list(w1.running.values()))
+            await w1.flush()
+            assert w1.steps_done == 10
+            assert await drain(w1) == 18
+
+    run(scenario())
+    assert [r.result(timeout=1) for r in refs] == list(range(25))
+    assert [r.result(timeout=1) for r in pinned] == [{"only": "w1"}] * 3
+
+
+# -- timeouts ---------------------------------------------------------------
+
+
+def test_a_step_past_its_timeout_raises_step_timeout(app: Rstick) -> None:
+    release = threading.Event()
+
+    @app.task(timeout=0.05)
+    async def slow_async(ctx: Context) -> None:
+        await asyncio.sleep(30)
+
+    @app.task(timeout=0.05)
+    def slow_sync(ctx: Context) -> None:
+        release.wait(30)
+
+    refs = {name: app.enqueue(name) for name in ("slow_async", "slow_sync")}
+
+    async def scenario() -> None:
+        async with started(app, "w1") as [w1]:
+            try:
+                assert await drain(w1) == 2
+            finally:
+                release.set()  # the abandoned thread ends before the pool is shut down
+
+    run(scenario())
+    for name, ref in refs.items():
+        with pytest.raises(RunFailed) as info:
+            ref.result(timeout=1)
+        assert info.value.error_type == "StepTimeout"
+        assert info.value.error_message == f"step {name!r} timed out after 0.05s"
