@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,10 +18,9 @@ from pathlib import Path
 from types import ModuleType
 
 import click
-import redis
-from redis.exceptions import RedisError
 
 from rstick.app import DEFAULT_URL
+from rstick.server import RedisServer, RedisServerError, redis_available
 
 from .errors import Fail
 from .settings import Settings, hide_password
@@ -32,21 +32,13 @@ def find_example() -> ModuleType:
     """The example's starter, imported from the repository this CLI was installed from."""
     root = Path(__file__).resolve().parent.parent
     if not (root / "examples" / "sticky_files" / "workflow.py").is_file():
-        raise Fail("the demo runs examples/sticky_files from a clone of the repository: "
-                   "git clone the project, then `pip install -e '.[embedded]'` in it")
+        raise Fail(
+            "the demo runs examples/sticky_files from a clone of the repository: "
+            "git clone the project, then `pip install -e '.[embedded]'` in it"
+        )
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     return importlib.import_module(EXAMPLE)
-
-
-def answers(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0)
-    try:
-        return bool(client.ping())
-    except (RedisError, OSError):
-        return False
-    finally:
-        client.close()
 
 
 @contextmanager
@@ -55,13 +47,11 @@ def demo_redis(url: str | None) -> Iterator[tuple[str, str]]:
     one that lives as long as the demo."""
     if url:
         yield url, "from RSTICK_REDIS_URL / --redis"
-    elif answers(DEFAULT_URL):
+    elif redis_available(DEFAULT_URL):
         yield DEFAULT_URL, "the local Redis"
     else:
-        from rstick.server import RedisServer
-
         with RedisServer() as server:
-            yield server.url, "an embedded redis-server, stopped at the end"
+            yield server.url, f"an embedded redis-server {server.version}, stopped at the end"
 
 
 def progress_printer(tty: bool) -> Callable[[int, int], None]:
@@ -77,10 +67,20 @@ def progress_printer(tty: bool) -> Callable[[int, int], None]:
 
 
 @click.command()
-@click.option("--workers", type=click.IntRange(1, 64), default=5, show_default=True,
-              help="Worker processes to start.")
-@click.option("--runs", type=click.IntRange(1, 10_000), default=10, show_default=True,
-              help="FileProcessing runs to enqueue.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=5,
+    show_default=True,
+    help="Worker processes to start.",
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(1, 10_000),
+    default=10,
+    show_default=True,
+    help="FileProcessing runs to enqueue.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.pass_context
 def demo(ctx: click.Context, workers: int, runs: int, as_json: bool) -> None:
@@ -95,21 +95,20 @@ def demo(ctx: click.Context, workers: int, runs: int, as_json: bool) -> None:
     """
     example = find_example()
     settings = ctx.find_object(Settings)
-    given = settings.redis_url if settings and settings.redis_url else None
-    import os
-
-    given = given or os.environ.get("RSTICK_REDIS_URL")
+    given = (settings.redis_url if settings else None) or os.environ.get("RSTICK_REDIS_URL")
     try:
         with demo_redis(given) as (url, where):
             if not as_json:
-                click.echo(f"Starting {workers} workers on {hide_password(url)} ({where}); "
-                           f"{runs} runs of FileProcessing, sticky SOFT.")
+                click.echo(
+                    f"Starting {workers} workers on {hide_password(url)} ({where}); "
+                    f"{runs} runs of FileProcessing, sticky SOFT."
+                )
             progress = None if as_json else progress_printer(sys.stdout.isatty())
             report = example.run_example(url, workers=workers, runs=runs, progress=progress)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: workers stopped, files deleted", err=True)
         ctx.exit(130)
-    except (TimeoutError, RuntimeError) as exc:
+    except (TimeoutError, RuntimeError, RedisServerError) as exc:
         raise Fail(str(exc)) from None
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))

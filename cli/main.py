@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from .dead import dead
+from .demo import demo
 from .enqueue import emit, enqueue
 from .errors import RstickGroup
 from .reap import reap
@@ -37,3 +38,4 @@ cli.add_command(runs)
 cli.add_command(workers)
 cli.add_command(reap)
 cli.add_command(dead)
+cli.add_command(demo)
