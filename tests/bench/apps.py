@@ -1,0 +1,43 @@
+"""The benchmark's workflows: the same module in the bench process and its workers."""
+
+from __future__ import annotations
+
+import time
+
+from rstick import Context, Rstick, StickyStrategy
+
+NAMESPACE = "bench"
+
+
+def build(url: str, retention: float = 86400.0) -> Rstick:
+    """An app with a no-op task, a time-stamping task and a three-step sticky chain."""
+    app = Rstick(redis_url=url, namespace=NAMESPACE, retention=retention)
+
+    @app.task
+    async def noop(ctx: Context) -> None:
+        return None
+
+    @app.task
+    async def stamp(ctx: Context) -> float:
+        # The first thing the step does: when it started, for enqueue-to-start latency.
+        return time.time()
+
+    @app.task
+    def stamp_sync(ctx: Context) -> float:
+        return time.time()
+
+    @app.workflow(sticky=StickyStrategy.SOFT)
+    class Chain:
+        @app.step()
+        async def a(self, ctx: Context) -> None:
+            return None
+
+        @app.step(parents=["a"])
+        async def b(self, ctx: Context) -> None:
+            return None
+
+        @app.step(parents=["b"])
+        async def c(self, ctx: Context) -> None:
+            return None
+
+    return app

@@ -1,0 +1,269 @@
+"""Worker processes, completion waits and Redis/process counters for the workloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from rstick import Rstick, Run
+
+from .workerproc import GO, READY
+
+ROOT = Path(__file__).resolve().parents[2]  # the repo: tests/bench/harness.py
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    return {
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "max": max(samples),
+    }
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    k = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[k]
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a live process."""
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / CLK_TCK
+
+
+def proc_rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+@dataclass
+class RedisCounters:
+    """What Redis did between two points: commands by name, CPU seconds."""
+
+    calls: dict[str, int]
+    usec: dict[str, int]
+    cpu: float
+
+    @classmethod
+    def take(cls, r: redis.Redis) -> RedisCounters:
+        stats = r.info("commandstats")
+        cpu = r.info("cpu")
+        return cls(
+            {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()},
+            {k.removeprefix("cmdstat_"): int(v["usec"]) for k, v in stats.items()},
+            float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
+        )
+
+    def since(self, before: RedisCounters) -> RedisCounters:
+        return RedisCounters(
+            {
+                k: v - before.calls.get(k, 0)
+                for k, v in self.calls.items()
+                if v - before.calls.get(k, 0)
+            },
+            {
+                k: v - before.usec.get(k, 0)
+                for k, v in self.usec.items()
+                if self.calls[k] - before.calls.get(k, 0)
+            },
+            self.cpu - before.cpu,
+        )
+
+
+@dataclass
+class WorkerProcs:
+    """N worker processes, started, released together, and stopped by pid."""
+
+    url: str
+    n: int = 1
+    concurrency: int = 10
+    retention: float = 86400.0
+    worker_kwargs: dict[str, Any] = field(default_factory=dict)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    stats_files: list[str] = field(default_factory=list)
+    stop_seconds: float = 0.0
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the processes and wait until each has imported everything."""
+        r = redis.Redis.from_url(self.url)
+        r.delete(READY)
+        tmp = tempfile.mkdtemp(prefix="rstick-bench-")
+        for i in range(self.n):
+            wid = f"bench-w{i}"
+            stats = os.path.join(tmp, f"{wid}.json")
+            opts = {
+                "url": self.url,
+                "id": wid,
+                "concurrency": self.concurrency,
+                "stats": stats,
+                "retention": self.retention,
+                "worker_kwargs": self.worker_kwargs,
+            }
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "tests.bench.workerproc", json.dumps(opts)], cwd=ROOT
+                )
+            )
+            self.ids.append(wid)
+            self.stats_files.append(stats)
+        deadline = time.monotonic() + timeout
+        while r.llen(READY) < self.n:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
+                self.stop()
+                raise RuntimeError("bench workers did not start")
+            time.sleep(0.02)
+        r.close()
+
+    def go(self) -> None:
+        r = redis.Redis.from_url(self.url)
+        pipe = r.pipeline(transaction=False)
+        for wid in self.ids:
+            pipe.rpush(GO + wid, "go")
+        pipe.execute()
+        r.close()
+
+    def wait_registered(self, app: Rstick, timeout: float = 30.0) -> None:
+        """Until every worker has registered (and so created its consumer groups)."""
+        r = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + timeout
+        while r.zcard(app.keys.workers) < self.n or not all(
+            r.exists(app.keys.worker(w)) for w in self.ids
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("bench workers did not register")
+            time.sleep(0.005)
+        r.close()
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def cpu(self) -> float:
+        return sum(proc_cpu(p) for p in self.pids)
+
+    def stats(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Each worker's counters, written by it on SIGUSR1."""
+        for path in self.stats_files:
+            if os.path.exists(path):
+                os.unlink(path)
+        for p in self.procs:
+            p.send_signal(signal.SIGUSR1)
+        out = []
+        deadline = time.monotonic() + timeout
+        for path in self.stats_files:
+            while not os.path.exists(path):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no stats from {path}")
+                time.sleep(0.01)
+            with open(path) as f:
+                out.append(json.load(f))
+        return out
+
+    def stop(self, timeout: float = 15.0) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        deadline = started + timeout
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+                print(
+                    f"  worker pid {p.pid} ignored SIGTERM for {timeout:.0f}s: killed",
+                    file=sys.stderr,
+                )
+        self.stop_seconds = time.monotonic() - started
+        self.procs.clear()
+
+    def __enter__(self) -> WorkerProcs:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class DoneWatch:
+    """Counts finished runs from the completion notices (PSUBSCRIBE), no polling."""
+
+    def __init__(self, app: Rstick, url: str) -> None:
+        self.r = redis.Redis.from_url(url)
+        self.pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+        self.prefix = app.keys.done("").encode()
+        self.pubsub.psubscribe(app.keys.done("*"))
+        self.pubsub.get_message(timeout=1.0)  # the psubscribe confirmation
+        self.finished: dict[str, bytes] = {}
+
+    def wait(self, run_ids: Iterable[str], timeout: float) -> None:
+        wanted = set(run_ids) - self.finished.keys()
+        deadline = time.monotonic() + timeout
+        while wanted:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{len(wanted)} runs did not finish in {timeout:.0f}s")
+            msg = self.pubsub.get_message(timeout=min(left, 1.0))
+            if msg is None:
+                continue
+            run_id = msg["channel"][len(self.prefix) :].decode()
+            self.finished[run_id] = msg["data"]
+            wanted.discard(run_id)
+
+    def close(self) -> None:
+        self.pubsub.close()
+        self.r.close()
+
+
+def read_runs(app: Rstick, run_ids: list[str]) -> list[Run]:
+    r = app.client.redis
+    runs = []
+    for start in range(0, len(run_ids), 1000):
+        chunk = run_ids[start : start + 1000]
+        pipe = r.pipeline(transaction=False)
+        for run_id in chunk:
+            pipe.hgetall(app.keys.run(run_id))
+        runs += [Run.from_hash(i, raw) for i, raw in zip(chunk, pipe.execute(), strict=True)]
+    return runs
+
+
+def check_runs(runs: list[Run], *, one_worker: bool = False) -> list[str]:
+    """Problems found: runs that did not succeed, steps not run, runs that moved."""
+    problems = []
+    for run in runs:
+        if run.status.value != "succeeded":
+            problems.append(f"run {run.run_id} is {run.status.value}")
+            continue
+        workers = {s.worker for s in run.steps}
+        if any(s.status.value != "succeeded" for s in run.steps):
+            problems.append(f"run {run.run_id} has steps not succeeded")
+        if one_worker and len(workers) != 1:
+            problems.append(f"run {run.run_id} ran on {sorted(map(str, workers))}")
+    return problems
+
+
+def span(runs: list[Run]) -> float:
+    """Seconds from the first step started to the last run finished (worker clocks, ms)."""
+    first = min(r.started_at for r in runs if r.started_at is not None)
+    last = max(r.finished_at for r in runs if r.finished_at is not None)
+    return max(last - first, 0.001)
