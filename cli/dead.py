@@ -17,8 +17,13 @@ def dead() -> None:
 
 
 @dead.command("list")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
-              help="At most this many, newest first.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="At most this many, newest first.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @connection_options
 def list_(limit: int, as_json: bool) -> None:
@@ -31,11 +36,22 @@ def list_(limit: int, as_json: bool) -> None:
         click.echo("no dead letters", err=True)
         return
     now = time.time()
-    click.echo(table(
-        ["ID", "AT", "REASON", "RUN", "STEP", "FROM"],
-        [[d["id"], clock(int(d["id"].split("-")[0]) / 1000, now), shorten(d.get("reason", ""), 60),
-          d.get("r"), d.get("s"), d.get("stream")] for d in letters],
-    ))
+    click.echo(
+        table(
+            ["ID", "AT", "REASON", "RUN", "STEP", "FROM"],
+            [
+                [
+                    d["id"],
+                    clock(int(d["id"].split("-")[0]) / 1000, now),
+                    shorten(d.get("reason", ""), 60),
+                    d.get("r"),
+                    d.get("s"),
+                    d.get("stream"),
+                ]
+                for d in letters
+            ],
+        )
+    )
 
 
 @dead.command()

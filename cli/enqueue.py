@@ -33,19 +33,37 @@ def parse_json(text: str | None, option: str) -> Any:
 @click.command()
 @click.argument("workflow")
 @click.option("--input", "input_json", metavar="JSON", help="The run's input, as JSON.")
-@click.option("--delay", type=click.FloatRange(min=0), default=0.0, metavar="S",
-              help="Start the run after this many seconds.")
-@click.option("--run-id", metavar="ID",
-              help="Use this run id; enqueueing the same id again starts nothing new.")
+@click.option(
+    "--delay",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="S",
+    help="Start the run after this many seconds.",
+)
+@click.option(
+    "--run-id",
+    metavar="ID",
+    help="Use this run id; enqueueing the same id again starts nothing new.",
+)
 @click.option("--wait", is_flag=True, help="Wait for the run to finish and print its outputs.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="S",
-              help="With --wait, give up after this many seconds.")
-@click.option("--json", "as_json", is_flag=True,
-              help='Print one JSON object {"run_id", "status", "result"}.')
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="With --wait, give up after this many seconds.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help='Print one JSON object {"run_id", "status", "result"}.'
+)
 @connection_options
 def enqueue(
-    workflow: str, input_json: str | None, delay: float, run_id: str | None, wait: bool,
-    timeout: float | None, as_json: bool,
+    workflow: str,
+    input_json: str | None,
+    delay: float,
+    run_id: str | None,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
 ) -> None:
     """Start a run of WORKFLOW and print its id.
 
@@ -92,8 +110,12 @@ def wait_for(ref: RunRef, timeout: float | None) -> tuple[dict[str, Any], str | 
         return report, None
     except RunFailed as exc:
         report["status"] = "failed"
-        report["error"] = {"step": exc.step, "type": exc.error_type,
-                           "message": exc.error_message, "traceback": exc.traceback}
+        report["error"] = {
+            "step": exc.step,
+            "type": exc.error_type,
+            "message": exc.error_message,
+            "traceback": exc.traceback,
+        }
         return report, str(exc)
     except RunCancelled as exc:
         report["status"] = "cancelled"
@@ -107,10 +129,17 @@ def wait_for(ref: RunRef, timeout: float | None) -> tuple[dict[str, Any], str | 
 @click.command()
 @click.argument("event")
 @click.option("--data", "data_json", metavar="JSON", help="The event's data, as JSON.")
-@click.option("--key", metavar="K",
-              help="Idempotency key: emitting the same event and key again starts nothing new.")
-@click.option("--json", "as_json", is_flag=True,
-              help='Print one JSON object {"event", "runs": [{"run_id", "workflow"}]}.')
+@click.option(
+    "--key",
+    metavar="K",
+    help="Idempotency key: emitting the same event and key again starts nothing new.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print one JSON object {"event", "runs": [{"run_id", "workflow"}]}.',
+)
 @connection_options
 def emit(event: str, data_json: str | None, key: str | None, as_json: bool) -> None:
     """Start the runs of the workflows that listen to EVENT.

@@ -26,8 +26,12 @@ def runs() -> None:
 
 @runs.command()
 @click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the run, its steps and its history as one JSON object.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the run, its steps and its history as one JSON object.",
+)
 @connection_options
 def show(run_id: str, as_json: bool) -> None:
     """Show a run in detail.
@@ -48,21 +52,33 @@ def show(run_id: str, as_json: bool) -> None:
         except RunNotFound:
             parent_status = "expired"
     if as_json:
-        click.echo(dumps({**run.to_json(), "parent_status": parent_status,
-                          "history": [readable(e) for e in history]}))
+        click.echo(
+            dumps(
+                {
+                    **run.to_json(),
+                    "parent_status": parent_status,
+                    "history": [readable(e) for e in history],
+                }
+            )
+        )
         return
     now = time.time()
     click.echo(fields(summary(run, now, parent_status)))
     click.echo()
-    click.echo(table(
-        ["STEP", "STATUS", "WORKER", "ATTEMPTS", "STARTED", "FINISHED", "DURATION", "ERROR"],
-        [step_row(s, now) for s in run.steps],
-    ))
+    click.echo(
+        table(
+            ["STEP", "STATUS", "WORKER", "ATTEMPTS", "STARTED", "FINISHED", "DURATION", "ERROR"],
+            [step_row(s, now) for s in run.steps],
+        )
+    )
     if history:
         shown = history[-HISTORY_SHOWN:]
         click.echo()
-        click.echo(f"history (last {len(shown)} of {len(history)}):" if len(shown) < len(history)
-                   else "history:")
+        click.echo(
+            f"history (last {len(shown)} of {len(history)}):"
+            if len(shown) < len(history)
+            else "history:"
+        )
         for event in shown:
             click.echo(f"  {event_line(event, now)}")
 
@@ -83,18 +99,34 @@ def summary(run: Run, now: float, parent_status: str | None = None) -> list[tupl
         ("queue", run.queue or None),
         ("parent", f"{run.parent} ({parent_status})" if run.parent else None),
         ("children", " ".join(run.children) or None),
-        ("parked", f"until {clock(run.parked_until, now)} ({age(run.parked_until, now)})"
-                   if run.parked_until else None),
-        ("created", f"{clock(run.created_at, now)} ({age(run.created_at, now)})"
-                    if run.created_at else None),
+        (
+            "parked",
+            f"until {clock(run.parked_until, now)} ({age(run.parked_until, now)})"
+            if run.parked_until
+            else None,
+        ),
+        (
+            "created",
+            f"{clock(run.created_at, now)} ({age(run.created_at, now)})"
+            if run.created_at
+            else None,
+        ),
         ("duration", ran),
     ]
 
 
 def step_row(step: StepState, now: float) -> list[Any]:
     error = shorten(f"{step.error.type}: {step.error.message}") if step.error else None
-    return [step.name, step.status.value, step.worker, step.attempts, clock(step.started_at, now),
-            clock(step.finished_at, now), duration(step.duration), error]
+    return [
+        step.name,
+        step.status.value,
+        step.worker,
+        step.attempts,
+        clock(step.started_at, now),
+        clock(step.finished_at, now),
+        duration(step.duration),
+        error,
+    ]
 
 
 def readable(event: dict[str, Any]) -> dict[str, Any]:
@@ -130,10 +162,16 @@ def cancel(run_id: str) -> None:
 
 
 @runs.command("list")
-@click.option("--status", type=click.Choice([s.value for s in RunStatus]),
-              help="Only runs in this status.")
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
-              help="At most this many runs.")
+@click.option(
+    "--status", type=click.Choice([s.value for s in RunStatus]), help="Only runs in this status."
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="At most this many runs.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of runs.")
 @connection_options
 def list_(status: str | None, limit: int, as_json: bool) -> None:
@@ -146,10 +184,22 @@ def list_(status: str | None, limit: int, as_json: bool) -> None:
         click.echo("no runs" + (f" with status {status}" if status else ""), err=True)
         return
     now = time.time()
-    click.echo(table(
-        ["RUN", "WORKFLOW", "STATUS", "STICKY", "WORKER", "CREATED", "DURATION"],
-        [[r.run_id, r.workflow, r.status.value, r.sticky.value, r.worker,
-          clock(r.created_at, now),
-          duration(r.finished_at - r.created_at) if r.finished_at and r.created_at else None]
-         for r in found],
-    ))
+    click.echo(
+        table(
+            ["RUN", "WORKFLOW", "STATUS", "STICKY", "WORKER", "CREATED", "DURATION"],
+            [
+                [
+                    r.run_id,
+                    r.workflow,
+                    r.status.value,
+                    r.sticky.value,
+                    r.worker,
+                    clock(r.created_at, now),
+                    duration(r.finished_at - r.created_at)
+                    if r.finished_at and r.created_at
+                    else None,
+                ]
+                for r in found
+            ],
+        )
+    )

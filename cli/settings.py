@@ -89,11 +89,19 @@ NAMESPACE_HELP = "Key namespace, to share one Redis [env RSTICK_NAMESPACE; defau
 def connection_options(fn: F) -> F:
     """``--redis`` and ``--namespace`` on a command; they override the group's."""
     fn = click.option(
-        "--namespace", "namespace", metavar="NS", expose_value=False, callback=_store,
+        "--namespace",
+        "namespace",
+        metavar="NS",
+        expose_value=False,
+        callback=_store,
         help=NAMESPACE_HELP,
     )(fn)
     fn = click.option(
-        "--redis", "redis_url", metavar="URL", expose_value=False, callback=_store,
+        "--redis",
+        "redis_url",
+        metavar="URL",
+        expose_value=False,
+        callback=_store,
         help=REDIS_HELP,
     )(fn)
     return fn

@@ -27,8 +27,10 @@ def load_app(spec: str) -> Rstick:
         obj: object = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and (module_name + ".").startswith(exc.name + "."):
-            raise Fail(f"cannot import {module_name!r}: no module named {exc.name!r} "
-                       f"(looked in {os.getcwd()} and sys.path)") from None
+            raise Fail(
+                f"cannot import {module_name!r}: no module named {exc.name!r} "
+                f"(looked in {os.getcwd()} and sys.path)"
+            ) from None
         click.echo(traceback.format_exc().rstrip(), err=True)
         raise Fail(f"error while importing {module_name!r}: {exc}") from None
     except Exception as exc:  # the user's module is broken: its traceback says where
@@ -48,10 +50,12 @@ def setup_logging(worker_id: str, verbose: bool) -> None:
     """One line per event on stderr, with the time and the worker's id."""
     handler = logging.StreamHandler()
     safe_id = worker_id.replace("%", "%%")
-    handler.setFormatter(logging.Formatter(
-        f"%(asctime)s.%(msecs)03d %(levelname)-7s [{safe_id}] %(name)s: %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S",
-    ))
+    handler.setFormatter(
+        logging.Formatter(
+            f"%(asctime)s.%(msecs)03d %(levelname)-7s [{safe_id}] %(name)s: %(message)s",
+            datefmt="%Y-%m-%d %H:%M:%S",
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
@@ -60,27 +64,60 @@ def setup_logging(worker_id: str, verbose: bool) -> None:
 
 @click.command()
 @click.argument("app_spec", metavar="MODULE:APP")
-@click.option("--worker-id", metavar="ID",
-              help="Stable id; a HARD run waits for a worker with its id to come back. "
-                   "[default: host-pid-random]")
-@click.option("--concurrency", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Steps run at once.")
-@click.option("--queue", "-q", "queues", multiple=True, metavar="Q",
-              help="Shared queue to read (repeatable). "
-                   "[default: the queues of the app's workflows]")
-@click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              metavar="S", help="On SIGINT/SIGTERM, wait this long for running steps.")
-@click.option("--heartbeat", type=click.FloatRange(min=0, min_open=True), metavar="S",
-              help="Seconds between heartbeats. [default: the app's, 2]")
-@click.option("--worker-ttl", type=click.FloatRange(min=0, min_open=True), metavar="S",
-              help="A worker is dead after this long without a heartbeat. [default: the app's, 10]")
+@click.option(
+    "--worker-id",
+    metavar="ID",
+    help="Stable id; a HARD run waits for a worker with its id to come back. "
+    "[default: host-pid-random]",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Steps run at once.",
+)
+@click.option(
+    "--queue",
+    "-q",
+    "queues",
+    multiple=True,
+    metavar="Q",
+    help="Shared queue to read (repeatable). [default: the queues of the app's workflows]",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    metavar="S",
+    help="On SIGINT/SIGTERM, wait this long for running steps.",
+)
+@click.option(
+    "--heartbeat",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="Seconds between heartbeats. [default: the app's, 2]",
+)
+@click.option(
+    "--worker-ttl",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="A worker is dead after this long without a heartbeat. [default: the app's, 10]",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug events too.")
 @connection_options
 @click.pass_context
 def worker(
-    ctx: click.Context, app_spec: str, worker_id: str | None, concurrency: int,
-    queues: tuple[str, ...], drain_timeout: float, heartbeat: float | None,
-    worker_ttl: float | None, verbose: bool,
+    ctx: click.Context,
+    app_spec: str,
+    worker_id: str | None,
+    concurrency: int,
+    queues: tuple[str, ...],
+    drain_timeout: float,
+    heartbeat: float | None,
+    worker_ttl: float | None,
+    verbose: bool,
 ) -> None:
     """Serve the workflows of an app until SIGINT or SIGTERM.
 
@@ -99,12 +136,19 @@ def worker(
     app.heartbeat = app.heartbeat if heartbeat is None else heartbeat
     app.worker_ttl = app.worker_ttl if worker_ttl is None else worker_ttl
     if app.worker_ttl <= app.heartbeat:
-        raise BadInput(f"--worker-ttl ({app.worker_ttl:g}s) must be longer than --heartbeat "
-                       f"({app.heartbeat:g}s)")
+        raise BadInput(
+            f"--worker-ttl ({app.worker_ttl:g}s) must be longer than --heartbeat "
+            f"({app.heartbeat:g}s)"
+        )
     app.close()
     settings.url_in_use = str(app.redis_url)
     check_url(settings.url_in_use)
-    serving = Worker(app, worker_id=worker_id, concurrency=concurrency,
-                     queues=list(queues) or None, drain_timeout=drain_timeout)
+    serving = Worker(
+        app,
+        worker_id=worker_id,
+        concurrency=concurrency,
+        queues=list(queues) or None,
+        drain_timeout=drain_timeout,
+    )
     setup_logging(serving.id(), verbose)
     serving.run()

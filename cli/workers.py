@@ -27,9 +27,32 @@ def workers(as_json: bool) -> None:
         click.echo("no workers", err=True)
         return
     now = time.time()
-    click.echo(table(
-        ["WORKER", "HOST", "PID", "QUEUES", "CONCURRENCY", "RUNNING", "PINNED", "HEARTBEAT",
-         "ALIVE"],
-        [[w.worker_id, w.host, w.pid, ",".join(w.queues), w.concurrency, w.running, w.pinned,
-          age(w.last_heartbeat, now), "yes" if w.alive else "no"] for w in found],
-    ))
+    click.echo(
+        table(
+            [
+                "WORKER",
+                "HOST",
+                "PID",
+                "QUEUES",
+                "CONCURRENCY",
+                "RUNNING",
+                "PINNED",
+                "HEARTBEAT",
+                "ALIVE",
+            ],
+            [
+                [
+                    w.worker_id,
+                    w.host,
+                    w.pid,
+                    ",".join(w.queues),
+                    w.concurrency,
+                    w.running,
+                    w.pinned,
+                    age(w.last_heartbeat, now),
+                    "yes" if w.alive else "no",
+                ]
+                for w in found
+            ],
+        )
+    )

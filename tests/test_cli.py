@@ -30,8 +30,9 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def bind(app: Rstick, server: fakeredis.FakeServer) -> Rstick:
-    app.client.use(sync=fakeredis.FakeRedis(server=server),
-                   aio=fakeredis.FakeAsyncRedis(server=server))
+    app.client.use(
+        sync=fakeredis.FakeRedis(server=server), aio=fakeredis.FakeAsyncRedis(server=server)
+    )
     return app
 
 
@@ -138,8 +139,11 @@ def test_enqueue_wait_prints_the_outputs(world: World) -> None:
     assert first == "r1"
     assert json.loads("\n".join(rest)) == {"a": "w1", "b": ["w1", {"u": 1}]}
     report = json.loads(world.invoke("enqueue", "Dag", "--run-id", "r1", "--wait", "--json").stdout)
-    assert report == {"run_id": "r1", "status": "succeeded",
-                      "result": {"a": "w1", "b": ["w1", {"u": 1}]}}
+    assert report == {
+        "run_id": "r1",
+        "status": "succeeded",
+        "result": {"a": "w1", "b": ["w1", {"u": 1}]},
+    }
 
 
 def test_enqueue_wait_on_a_failed_run_exits_non_zero(world: World) -> None:
@@ -156,7 +160,8 @@ def test_enqueue_wait_on_a_failed_run_exits_non_zero(world: World) -> None:
     assert text.exit_code == 1
     assert text.stdout.strip() == "r2"
     assert text.stderr.splitlines()[-1] == (
-        "rstick: run r2 failed in step 'explode': ValueError: boom")
+        "rstick: run r2 failed in step 'explode': ValueError: boom"
+    )
 
 
 def test_enqueue_wait_gives_up_after_the_timeout(world: World) -> None:
@@ -236,8 +241,9 @@ def test_runs_show_text(world: World) -> None:
     assert re.search(r"^status\s+succeeded$", out, re.M)
     assert re.search(r"^sticky\s+soft$", out, re.M)
     assert re.search(r"^worker\s+w1$", out, re.M)
-    assert re.search(r"^STEP\s+STATUS\s+WORKER\s+ATTEMPTS\s+STARTED\s+FINISHED\s+DURATION\s+ERROR$",
-                     out, re.M)
+    assert re.search(
+        r"^STEP\s+STATUS\s+WORKER\s+ATTEMPTS\s+STARTED\s+FINISHED\s+DURATION\s+ERROR$", out, re.M
+    )
     assert re.search(r"^a\s+succeeded\s+w1\s+1\s", out, re.M)
     assert re.search(r"^b\s+succeeded\s+w1\s+1\s", out, re.M)
     assert re.search(r"started\s+step=a worker=w1 attempt=1$", out, re.M)
@@ -256,18 +262,27 @@ def test_runs_show_json(world: World) -> None:
     run = json.loads(result.stdout)
     assert {"run_id", "workflow", "status", "sticky", "worker", "steps", "history"} <= set(run)
     assert (run["run_id"], run["workflow"], run["status"], run["sticky"]) == (
-        run_id, "Boom", "failed", "none")
+        run_id,
+        "Boom",
+        "failed",
+        "none",
+    )
     [step] = run["steps"]
     wanted = {"name", "status", "worker", "attempts", "started_at", "finished_at", "error"}
     assert wanted <= set(step)
     assert (step["name"], step["status"], step["worker"], step["attempts"]) == (
-        "explode", "failed", "w1", 1)
+        "explode",
+        "failed",
+        "w1",
+        1,
+    )
     assert step["started_at"] <= step["finished_at"]
     assert (step["error"]["type"], step["error"]["message"]) == ("ValueError", "boom")
     events = run["history"]
     assert events[0]["event"] == "created" and events[-1]["event"] == "finished"
     assert {"event": "failed", "step": "explode", "worker": "w1", "attempt": "1"}.items() <= (
-        events[-2].items())
+        events[-2].items()
+    )
 
 
 def test_runs_show_unknown_run(world: World) -> None:
@@ -288,8 +303,15 @@ def test_runs_list_filters_by_status(world: World) -> None:
     assert len(json.loads(world.invoke("runs", "list", "--limit", "1", "--json").stdout)) == 1
 
     text = world.invoke("runs", "list", "--status", "succeeded").stdout.splitlines()
-    assert text[0].split() == ["RUN", "WORKFLOW", "STATUS", "STICKY", "WORKER", "CREATED",
-                               "DURATION"]
+    assert text[0].split() == [
+        "RUN",
+        "WORKFLOW",
+        "STATUS",
+        "STICKY",
+        "WORKER",
+        "CREATED",
+        "DURATION",
+    ]
     assert [line.split()[:5] for line in text[1:]] == [[ok, "Dag", "succeeded", "soft", "w1"]]
     bad = world.invoke("runs", "list", "--status", "lost")
     assert bad.exit_code == 2
@@ -303,11 +325,24 @@ def test_workers_json_and_text(world: World) -> None:
     assert result.exit_code == 0, result.output
     [w] = json.loads(result.stdout)
     assert (w["worker_id"], w["alive"], w["concurrency"], w["queues"]) == (
-        "w1", True, 10, ["default"])
+        "w1",
+        True,
+        10,
+        ["default"],
+    )
     assert {"host", "pid", "running", "pinned", "last_heartbeat"} <= set(w)
     lines = world.invoke("workers").stdout.splitlines()
-    assert lines[0].split() == ["WORKER", "HOST", "PID", "QUEUES", "CONCURRENCY", "RUNNING",
-                                "PINNED", "HEARTBEAT", "ALIVE"]
+    assert lines[0].split() == [
+        "WORKER",
+        "HOST",
+        "PID",
+        "QUEUES",
+        "CONCURRENCY",
+        "RUNNING",
+        "PINNED",
+        "HEARTBEAT",
+        "ALIVE",
+    ]
     assert lines[1].split()[0] == "w1" and lines[1].split()[-1] == "yes"
 
 
@@ -328,8 +363,8 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize(
-    "command", [["workers"], ["runs", "list"], ["runs", "show", "x"], ["enqueue", "Dag"],
-                ["emit", "e"]],
+    "command",
+    [["workers"], ["runs", "list"], ["runs", "show", "x"], ["enqueue", "Dag"], ["emit", "e"]],
 )
 def test_unreachable_redis_is_one_line_with_the_password_hidden(command: list[str]) -> None:
     url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
@@ -348,7 +383,8 @@ def test_unreachable_redis_from_the_environment() -> None:
     result = CliRunner(env={"RSTICK_REDIS_URL": url}).invoke(cli, ["workers"])
     assert result.exit_code == 1
     assert result.stderr.startswith(
-        f"rstick: cannot reach Redis at redis://user:***@127.0.0.1:{url.rsplit(':', 1)[1]}: ")
+        f"rstick: cannot reach Redis at redis://user:***@127.0.0.1:{url.rsplit(':', 1)[1]}: "
+    )
 
 
 @pytest.mark.parametrize(
@@ -401,7 +437,8 @@ def test_worker_imports_the_app_from_the_current_folder(
     assert result.exit_code == 1
     assert "Traceback" in result.stderr  # the user's bug: its traceback says where
     assert result.stderr.splitlines()[-1] == (
-        "rstick: error while importing 'cli_app_broken': RuntimeError: nope")
+        "rstick: error while importing 'cli_app_broken': RuntimeError: nope"
+    )
 
 
 def test_every_command_has_help() -> None:
@@ -425,6 +462,14 @@ def test_every_command_has_help() -> None:
 
 def test_durations_and_tables() -> None:
     assert [duration(s) for s in (None, 0.012, 1.25, 123.0, 7322.0)] == [
-        None, "12 ms", "1.25 s", "2m 03s", "2h 02m"]
+        None,
+        "12 ms",
+        "1.25 s",
+        "2m 03s",
+        "2h 02m",
+    ]
     assert table(["A", "LONGER"], [["xyz", None], ["q", 1]]).splitlines() == [
-        "A    LONGER", "xyz  -", "q    1"]
+        "A    LONGER",
+        "xyz  -",
+        "q    1",
+    ]
