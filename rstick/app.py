@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .errors import DefinitionError
 from .keys import Keys
@@ -99,6 +99,35 @@ class WorkflowDef:
         )
 
 
+def _check_name(kind: str, name: str) -> str:
+    """Refuse a name the Redis layout cannot hold; return it.
+
+    Step, workflow and queue names are stored space-separated (a run's steps,
+    a worker's workflows and queues) and step names in retry entries
+    ``run|step|attempt|epoch``: a name with whitespace or ``|`` would be split
+    apart, or an empty one lost, long after it was accepted.
+    """
+    if not isinstance(name, str) or not name:
+        raise DefinitionError(f"{kind} name {name!r} must be a non-empty string")
+    for ch in name:
+        if ch.isspace():
+            raise DefinitionError(
+                f"{kind} name {name!r} contains whitespace ({ch!r}): "
+                "names are stored space-separated in Redis"
+            )
+        if ch == "|":
+            raise DefinitionError(
+                f"{kind} name {name!r} contains '|': it separates the fields of "
+                "retry entries ('run|step|attempt|epoch')"
+            )
+    return name
+
+
+def _check_retries(retries: int) -> None:
+    if retries < 0:
+        raise DefinitionError("retries must be >= 0")
+
+
 def _remote_step(*_: Any) -> Any:  # pragma: no cover - never called
     raise RuntimeError("this step is defined in another process")
 
@@ -177,6 +206,10 @@ class Rstick:
 
     # -- definitions -------------------------------------------------------
 
+    @overload
+    def step(self, parents: F, /) -> F: ...
+
+    @overload
     def step(
         self,
         parents: Iterable[str] = (),
@@ -186,18 +219,42 @@ class Rstick:
         backoff: float = 1.0,
         schedule_timeout: float | None = None,
         name: str | None = None,
-    ) -> Callable[[F], F]:
-        """Mark a method of a workflow class as a step (``def`` or ``async def``)."""
+    ) -> Callable[[F], F]: ...
+
+    def step(
+        self,
+        parents: Iterable[str] | Callable[..., Any] = (),
+        *,
+        retries: int = 0,
+        timeout: float | None = None,
+        backoff: float = 1.0,
+        schedule_timeout: float | None = None,
+        name: str | None = None,
+    ) -> Any:
+        """Mark a method of a workflow class as a step (``def`` or ``async def``).
+
+        ``@app.step`` and ``@app.step(...)`` both work.
+        """
+        if callable(parents):  # bare @app.step: the method itself
+            decorate = self.step(
+                (),
+                retries=retries,
+                timeout=timeout,
+                backoff=backoff,
+                schedule_timeout=schedule_timeout,
+                name=name,
+            )
+            return decorate(parents)
         if isinstance(parents, str):
             raise DefinitionError("parents must be a list of step names, not a string")
-        if retries < 0:
-            raise DefinitionError("retries must be >= 0")
+        _check_retries(retries)
+        parent_names = tuple(parents)
 
         def mark(fn: F) -> F:
             step = StepDef(
-                name or fn.__name__,
+                _check_name("step", fn.__name__ if name is None else name),
                 fn,
-                tuple(parents),
+                parent_names,
                 retries,
                 timeout,
                 backoff,
@@ -218,8 +275,10 @@ class Rstick:
         schedule_timeout: float = 300.0,
     ) -> Callable[[type[T]], type[T]]:
         """Register a class whose ``@app.step`` methods form a workflow."""
+        _check_name("queue", queue)
 
         def register(cls: type[T]) -> type[T]:
+            wf_name = _check_name("workflow", cls.__name__ if name is None else name)
             steps: dict[str, StepDef] = {}
             for attr in vars(cls).values():
                 step = getattr(attr, _STEP_ATTR, None)
@@ -232,8 +291,8 @@ class Rstick:
                 steps[step.name] = step
             self._add(
                 WorkflowDef(
-                    name or cls.__name__,
-                    _link(name or cls.__name__, steps),
+                    wf_name,
+                    _link(wf_name, steps),
                     sticky or StickyStrategy.NONE,
                     queue,
                     tuple(on_events),
@@ -244,6 +303,22 @@ class Rstick:
             return cls
 
         return register
+
+    @overload
+    def task(self, fn: F) -> F: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        *,
+        retries: int = 0,
+        timeout: float | None = None,
+        backoff: float = 1.0,
+        queue: str = "default",
+        name: str | None = None,
+        on_events: Iterable[str] = (),
+    ) -> Callable[[F], F]: ...
 
     def task(
         self,
@@ -256,10 +331,15 @@ class Rstick:
         name: str | None = None,
         on_events: Iterable[str] = (),
     ) -> Any:
-        """A one-step workflow from a function ``fn(ctx, **input)``: a plain job."""
+        """A one-step workflow from a function ``fn(ctx, **input)``: a plain job.
 
-        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            wf_name = name or fn.__name__
+        ``@app.task`` and ``@app.task(...)`` both work.
+        """
+        _check_retries(retries)
+        _check_name("queue", queue)
+
+        def register(fn: F) -> F:
+            wf_name = _check_name("task", fn.__name__ if name is None else name)
             step = StepDef(wf_name, fn, (), retries, timeout, backoff)
             self._add(
                 WorkflowDef(

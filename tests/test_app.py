@@ -163,44 +163,82 @@ def test_negative_retries_are_refused(app: Rstick) -> None:
         app.step(retries=-1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: bare @app.step (no parentheses) silently drops the method from the workflow",
+def test_negative_retries_of_a_task_are_refused(app: Rstick) -> None:
+    with pytest.raises(DefinitionError, match="retries must be >= 0"):
+        app.task(retries=-1)
+
+
+def test_bare_step_decorator_works_like_the_call(app: Rstick) -> None:
+    @app.workflow()
+    class Bare:
+        @app.step
+        def a(self, ctx: Context) -> int:
+            return 1
+
+        @app.step(parents=["a"])
+        def b(self, ctx: Context) -> None: ...
+
+        @app.step
+        async def c(self, ctx: Context) -> None: ...
+
+    wf = app.workflows["Bare"]
+    assert list(wf.steps) == ["a", "b", "c"] and sorted(wf.roots) == ["a", "c"]
+    a = wf.steps["a"]
+    assert (a.fn, a.parents, a.children, a.retries, a.timeout) == (Bare.a, (), ("b",), 0, None)
+    assert wf.steps["c"].is_async
+    assert Bare().a(None) == 1  # the method itself is returned
+
+
+@pytest.mark.parametrize(
+    ("workflow", "step", "message"),
+    [
+        ("Ok", "my step", r"step name 'my step' contains whitespace \(' '\)"),
+        ("Ok", "a\tb", r"step name 'a\\tb' contains whitespace"),
+        ("Ok", "a\u00a0b", r"step name 'a\\xa0b' contains whitespace"),
+        ("Ok", "a|b", r"step name 'a\|b' contains '\|'"),
+        ("Ok", "", "step name '' must be a non-empty string"),
+        ("My Flow", "a", "workflow name 'My Flow' contains whitespace"),
+        ("a|b", "a", r"workflow name 'a\|b' contains '\|'"),
+        ("", "a", "workflow name '' must be a non-empty string"),
+    ],
 )
-def test_bare_step_decorator_is_not_silently_ignored(app: Rstick) -> None:
-    def define() -> None:
-        @app.workflow()
-        class Bare:
-            @app.step()
-            def a(self, ctx: Context) -> None: ...
-
-            @app.step  # type: ignore[arg-type]
-            def b(self, ctx: Context) -> None: ...
-
-    # Either b is a step, or the mistake is refused: never a workflow without b.
-    try:
-        define()
-    except DefinitionError:
-        return
-    assert "b" in app.workflows["Bare"].steps
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: names are stored space-separated and retries as 'run|step|attempt|epoch': "
-    "a step name with whitespace or '|' (or a workflow name with whitespace) is accepted "
-    "and later corrupts the run",
-)
-@pytest.mark.parametrize(("workflow", "step"), [("Ok", "my step"), ("Ok", "a|b"), ("My Flow", "a")])
 def test_names_that_the_redis_layout_cannot_hold_are_refused(
-    app: Rstick, workflow: str, step: str
+    app: Rstick, workflow: str, step: str, message: str
 ) -> None:
-    with pytest.raises(DefinitionError):
+    with pytest.raises(DefinitionError, match=message):
 
         @app.workflow(name=workflow)
         class Named:
             @app.step(name=step)
             def a(self, ctx: Context) -> None: ...
+
+    assert app.workflows == {}
+
+
+def test_task_and_queue_names_are_checked_too(app: Rstick) -> None:
+    with pytest.raises(DefinitionError, match="task name 'send mail' contains whitespace"):
+
+        @app.task(name="send mail")
+        def send(ctx: Context) -> None: ...
+
+    for bad in ("two queues", "", "q\n"):
+        with pytest.raises(DefinitionError, match="queue name"):
+            app.task(queue=bad)
+        with pytest.raises(DefinitionError, match="queue name"):
+            app.workflow(queue=bad)
+    assert app.workflows == {}
+
+
+def test_names_with_other_punctuation_are_fine(app: Rstick) -> None:
+    @app.workflow(name="billing:v2.{eu}", queue="q:1")
+    class Flow:
+        @app.step(name="fetch.data")
+        def a(self, ctx: Context) -> None: ...
+
+        @app.step(parents=["fetch.data"], name="née-ß")
+        def b(self, ctx: Context) -> None: ...
+
+    assert list(app.workflows["billing:v2.{eu}"].steps) == ["fetch.data", "née-ß"]
 
 
 def test_task_decorator_bare_and_with_options(app: Rstick) -> None:

@@ -134,11 +134,6 @@ def test_non_serializable_input_is_refused_with_its_path_and_writes_nothing(
     assert state() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: codec.pack accepts a dict with a tuple key; the worker cannot unpack it "
-    "(see test_codec.test_what_pack_accepts_unpack_can_read)",
-)
 def test_an_input_the_worker_could_not_read_is_refused(app: Rstick, state: Any) -> None:
     define(app)
     with pytest.raises(SerializationError, match=r"input\['x'\]"):
