@@ -282,10 +282,6 @@ def test_complete_releases_children_directly(app: Rstick, redis: Any) -> None:
 # -- fencing ----------------------------------------------------------------
 
 
-def _without(snap: dict[bytes, Any], key: str) -> dict[bytes, Any]:
-    return {k: v for k, v in snap.items() if k != key.encode()}
-
-
 @pytest.mark.parametrize(
     ("worker", "attempt", "epoch", "why"),
     [
@@ -300,7 +296,6 @@ def test_a_stale_completion_is_refused_and_changes_nothing(
 ) -> None:
     define(app, [])
     ref = app.enqueue("add", {"x": 1, "y": 2})
-    queue = app.keys.queue("default")
 
     async def scenario() -> None:
         async with started(app, "w1", "w2") as (w1, _):
@@ -310,9 +305,9 @@ def test_a_stale_completion_is_refused_and_changes_nothing(
                 keys=[app.keys.workflows], args=complete_args(app, worker, reply, attempt, epoch)
             )
             assert res.decode().startswith(why)
-            # Run, outputs, history, delayed set: untouched. (The entry's own stream is
-            # left out: the refusal acknowledges the entry, see the xfail below.)
-            assert _without(state(), queue) == _without(before, queue)
+            # Everything untouched: run, outputs, history, delayed set, and the entry,
+            # still pending for w1, whose step is still running there at its attempt.
+            assert state() == before
             [res] = await w1.scripts.complete(
                 keys=[app.keys.workflows], args=complete_args(app, "w1", reply, 1, 0)
             )
@@ -322,14 +317,17 @@ def test_a_stale_completion_is_refused_and_changes_nothing(
     assert ref.result(timeout=1) == 42
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a refused completion still XACKs and XDELs the entry it names, "
-    "even when that entry is pending for another worker",
-)
+def holders(redis: Any, stream: str) -> list[tuple[str, str]]:
+    """(entry id, consumer) of every entry pending in ``stream``."""
+    return [
+        (e["message_id"].decode(), e["consumer"].decode())
+        for e in redis.xpending_range(stream, GROUP, min="-", max="+", count=100)
+    ]
+
+
 def test_a_refused_completion_leaves_the_holders_entry_pending(app: Rstick, redis: Any) -> None:
     define(app, [])
-    app.enqueue("add", {"x": 1, "y": 2})
+    ref = app.enqueue("add", {"x": 1, "y": 2})
     queue = app.keys.queue("default")
 
     async def scenario() -> None:
@@ -340,9 +338,97 @@ def test_a_refused_completion_leaves_the_holders_entry_pending(app: Rstick, redi
             )
             assert res.startswith(b"refused")
             # w1 still holds the entry: should w1 die now, the reaper finds it here.
-            assert pending(redis, queue) == 1
+            assert holders(redis, queue) == [(reply[7].decode(), "w1")]
+            assert entries(redis, queue) == [(ref.run_id, "add", "1", "0")]
+            [res] = await w1.scripts.complete(
+                keys=[app.keys.workflows], args=complete_args(app, "w1", reply, 1, 0)
+            )
+            assert res == b"ok"
 
     run(scenario())
+    assert entries(redis, queue) == [] and pending(redis, queue) == 0
+    assert ref.result(timeout=1) == 42  # complete_args' output
+
+
+def test_a_zombies_refused_completion_forgets_its_own_entry_not_the_new_holders(
+    app: Rstick, redis: Any
+) -> None:
+    """A SOFT run reassigned after a false death: the reaper moved the run on
+    (reap_run) but had not yet settled the entries w1 held (reap_entries), and w1,
+    back from its pause, completes. Refused; its stale entry is forgotten, else it
+    would stay in w1's pending list for ever; w2's entry of the new attempt stays."""
+    define(app, [])
+    ref = app.enqueue("Dag")
+    queue = app.keys.queue("default")
+
+    async def scenario() -> None:
+        async with started(app, "w1", "w2") as (w1, w2):
+            [old] = await take_raw(w1)
+            assert old[:5] == [b"run", ref.run_id.encode(), b"a", b"1", b"0"]
+            redis.zadd(app.keys.workers, {"w1": 1})  # w1 misses its heartbeats
+            now = int(time.time() * 1000)
+            reaped = await w2.scripts.reap_run(
+                keys=[app.keys.workflows],
+                args=[app.keys.prefix, "w1", ref.run_id, "dead", now, now - 1000, 3, b"", b""],
+            )
+            assert reaped == b"reassigned"
+            [new] = await take_raw(w2)
+            assert new[:5] == [b"run", ref.run_id.encode(), b"a", b"2", b"1"]
+            assert holders(redis, queue) == [(old[7].decode(), "w1"), (new[7].decode(), "w2")]
+
+            [res] = await w1.scripts.complete(
+                keys=[app.keys.workflows], args=complete_args(app, "w1", old, 1, 0)
+            )
+            assert res == b"refused: stale epoch 0 (run is at 1)"
+            assert holders(redis, queue) == [(new[7].decode(), "w2")]
+            assert entries(redis, queue) == [(ref.run_id, "a", "2", "1")]
+
+            [res] = await w2.scripts.complete(
+                keys=[app.keys.workflows], args=complete_args(app, "w2", new, 2, 1)
+            )
+            assert res == b"ok"
+
+    run(scenario())
+    assert entries(redis, queue) == [] and pending(redis, queue) == 0
+    assert ref.get().step("a").worker == "w2"
+
+
+@pytest.mark.parametrize("where", ["no stream", "no group", "undelivered"])
+def test_a_refusal_naming_an_entry_nobody_holds_leaves_it_and_the_batch_goes_on(
+    app: Rstick, redis: Any, where: str
+) -> None:
+    define(app, [])
+    ref = app.enqueue("add", {"x": 1, "y": 2})
+    queue = app.keys.queue("default")
+    stream = app.keys.personal("gone")  # e.g. a worker the reaper removed, stream and all
+
+    async def scenario() -> list[bytes]:
+        async with started(app, "w1") as [w1]:
+            [reply] = await take_raw(w1)
+            ghost = list(reply)
+            ghost[6], ghost[7] = stream.encode(), b"1-1"
+            if where == "no group":
+                redis.xadd(stream, {"r": ref.run_id, "s": "add", "a": "1", "e": "0"}, id="1-1")
+            elif where == "undelivered":
+                ghost[6] = queue.encode()
+                ghost[7] = redis.xadd(queue, {"r": ref.run_id, "s": "add", "a": "1", "e": "0"})
+            refused = complete_args(app, "w1", ghost, 7, 0)
+            ok = complete_args(app, "w1", reply, 1, 0)
+            replies: list[bytes] = await w1.scripts.complete(
+                keys=[app.keys.workflows], args=[*ok[:3], 2, *refused[4:], *ok[4:]]
+            )
+            return replies
+
+    refusal, done = run(scenario())
+    assert refusal.startswith(b"refused: attempt 7 on w1 is stale") and done == b"ok"
+    assert ref.result(timeout=1) == 42  # complete_args' output
+    assert pending(redis, queue) == 0
+    if where == "no group":
+        assert len(redis.xrange(stream)) == 1
+    elif where == "undelivered":
+        assert entries(redis, queue) == [(ref.run_id, "add", "1", "0")]
+    else:
+        assert not redis.exists(stream)
 
 
 def test_completion_of_a_cancelled_run_is_ignored(app: Rstick) -> None:
@@ -444,11 +530,6 @@ def test_malformed_entries_are_dead_lettered_and_the_worker_goes_on(
     assert letters[2]["w"] == "Ghost" and letters[2]["r"] == "x"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Worker._start decodes claim replies as UTF-8; an entry whose run id is "
-    "not UTF-8 raises UnicodeDecodeError out of fetch, after the batch was claimed",
-)
 def test_an_entry_with_binary_fields_does_not_stop_the_worker(app: Rstick, redis: Any) -> None:
     define(app, [])
     queue = app.keys.queue("default")

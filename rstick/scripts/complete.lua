@@ -4,14 +4,48 @@
 --          (outcome, stream, entry_id, run, step, attempt, epoch, payload, due_ms,
 --           nchildren, child * nchildren) * n
 --          outcome is "ok" (payload: output), "retry" (payload: error; due_ms: when)
---          or "fail" (payload: error).
+--          "fail" (payload: error) or "dead" (fail, and dead-letter the entry: its
+--          stored input could not be read).
 -- Returns  one string per item: "ok", "ignored: <why>" (the run already ended) or
 --          "refused: <why>" (a stale attempt: nothing applied).
 -- Success releases each child whose parents are all done: to the pinned
 -- worker's stream for a sticky run, else to the run's queue.
+-- An accepted or ignored item acknowledges and deletes its entry. A refused one
+-- does so only when the entry is pending for this worker and no longer carries a
+-- step to run (see forgettable): it is never another worker's to take.
 local p, me, now, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local out = {}
 local i = 5
+
+-- Whether a refused completion may acknowledge and delete its entry. Nothing
+-- moves an entry between consumers (the reaper acknowledges a lost worker's
+-- entry and XADDs a new one), so a refused completion's entry is one of:
+-- - already acknowledged by the reaper (its run moved on): nothing to do;
+-- - still pending for this worker, stale (its run ended, was reassigned under a
+--   new epoch, or its step moved to a new attempt) and not yet reaped: forgotten
+--   here, else it would stay in this live worker's pending list for ever;
+-- - pending for another consumer, or never delivered (a completion that names
+--   the wrong entry or worker): left alone, its holder or the reaper settles it;
+-- - pending for this worker and still live: its step is queued or running here
+--   at the entry's own attempt and epoch (a completion whose attempt or epoch
+--   does not match its entry): left pending, as the reaper's handle on the step.
+local function forgettable(stream, id)
+  -- pcall: the stream or its group may be gone (a removed worker's stream).
+  local pel = redis.pcall('XPENDING', stream, GROUP, id, id, 1)
+  if type(pel) ~= 'table' or pel.err or not pel[1] or pel[1][2] ~= me then return false end
+  local found = redis.call('XRANGE', stream, id, id)
+  if not found[1] then return true end  -- deleted: only its pending mark is left
+  local f = {}
+  local kv = found[1][2]
+  for k = 1, #kv, 2 do f[kv[k]] = kv[k + 1] end
+  local run, step, attempt, epoch = f['r'], f['s'], f['a'], f['e']
+  if not (run and step and attempt and epoch) then return true end
+  local h = redis.call('HMGET', p .. ':run:' .. run, 'status', 'epoch', step .. '.a',
+    step .. '.st', step .. '.w')
+  local live = (h[1] == 'queued' or h[1] == 'running') and h[2] == epoch and h[3] == attempt
+    and (h[4] == 'queued' or (h[4] == 'running' and h[5] == me))
+  return not live
+end
 
 for _ = 1, n do
   local outcome, stream, id, run, step, attempt, epoch, payload, due = ARGV[i], ARGV[i + 1],
@@ -59,11 +93,17 @@ for _ = 1, n do
     redis.call('XADD', p .. ':hist:' .. run, '*', 'ev', 'retry', 's', step, 'w', me, 'a', attempt,
       'due', due)
   else
+    if outcome == 'dead' then  -- its stored input is unreadable: a retry cannot help
+      redis.call('XADD', p .. ':dead', '*', 'reason', 'corrupt payload', 'stream', stream, 'id', id,
+        'worker', me, 'r', run, 's', step, 'a', attempt, 'e', epoch)
+    end
     redis.call('XADD', p .. ':hist:' .. run, '*', 'ev', 'failed', 's', step, 'w', me, 'a', attempt)
     fail_step(p, run, step, payload, now)
   end
-  redis.call('XACK', stream, GROUP, id)
-  redis.call('XDEL', stream, id)
+  if string.sub(res, 1, 8) ~= 'refused:' or forgettable(stream, id) then
+    redis.call('XACK', stream, GROUP, id)
+    redis.call('XDEL', stream, id)
+  end
   out[#out + 1] = res
 end
 return out
