@@ -196,6 +196,13 @@ class Reaper:
                 log.info("worker %s removed: nothing of it is left", worker)
         return report
 
+    async def settle_entries(
+        self, worker: str, stream: str, ids: list[bytes], now: int, report: ReapReport
+    ) -> None:
+        """Dispatch again entries pending on a live ``worker`` that it is not running
+        (their reply was lost with the connection): as at a restart."""
+        await self._entries(worker, stream, "pending", "restart", now, 0, ids, report)
+
     async def _entries(
         self,
         worker: str,

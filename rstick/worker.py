@@ -34,7 +34,7 @@ from .codec import pack, unpack
 from .context import Context
 from .errors import StepTimeout
 from .keys import GROUP
-from .reaper import Reaper
+from .reaper import Reaper, ReapReport
 from .scripts import Scripts
 
 log = logging.getLogger("rstick.worker")
@@ -104,9 +104,11 @@ class Worker:
         self._serves = " " + " ".join(app.workflows) + " "
         self.instances = {wf.name: wf.cls() for wf in app.workflows.values() if wf.cls}
         # Spare threads: a sync step abandoned by its timeout keeps its thread.
-        self.pool = ThreadPoolExecutor(concurrency + 4, thread_name_prefix=f"rstick-{self._id}")
+        self._threads = concurrency + 4
+        self.pool = ThreadPoolExecutor(self._threads, thread_name_prefix=f"rstick-{self._id}")
         self.running: dict[str, asyncio.Task[None]] = {}
         self.outcomes: list[list[Any]] = []
+        self._flushing: list[list[Any]] = []  # the batch the complete script is applying
         self.stopping = False
         self.steps_done = 0
         self._lent = 0
@@ -220,26 +222,46 @@ class Worker:
         asyncio.run(serve())
 
     async def _drain(self, loops: list[asyncio.Task[None]]) -> None:
+        """Let running steps finish, stop the loops, deliver the last outcomes, hand off.
+
+        The loops are stopped before the final flush, so that no batch is in flight
+        (or put back by a cancelled flush) after it."""
         fetch, complete, tick = loops
         await asyncio.wait([fetch], timeout=self.block_ms / 1000 + 1)
         if self.running:
             _, late = await asyncio.wait(list(self.running.values()), timeout=self.drain_timeout)
-            for task in late:
-                task.cancel()
             if late:
                 log.warning(
                     "%d steps did not finish in %.0fs; they will be re-run",
                     len(late),
                     self.drain_timeout,
                 )
-        for task in (fetch, tick):
-            task.cancel()
-        self._outcome_ready.set()
-        await self.flush()
-        complete.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
-        await self.hand_off()
+                for task in late:
+                    await _cancel(task)
+        for task in (fetch, tick, complete):
+            await _cancel(task)
+        try:
+            await self._final_flush()
+            await self.hand_off()
+        except TRANSIENT as exc:
+            log.warning(
+                "redis unavailable at stop (%s): the reaper will settle what %s held",
+                exc,
+                self._id,
+            )
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _final_flush(self) -> None:
+        """Deliver what is left, retrying a lost connection for a few seconds; an
+        outcome that cannot be delivered leaves its entry pending, to be re-run."""
+        backoff = Backoff("final flush", cap=1.0)
+        for _ in range(10):
+            try:
+                await self.flush()
+                return
+            except TRANSIENT as exc:
+                await backoff.wait(exc)
+        raise RedisConnectionError(f"{len(self.outcomes)} outcomes not delivered")
 
     async def hand_off(self) -> None:
         """Leave as the reaper would find us dead: SOFT runs go back to the shared
@@ -258,21 +280,35 @@ class Worker:
 
     async def _fetch_loop(self) -> None:
         backoff = Backoff("read")
+        # A reply lost with the connection can leave entries pending on this worker
+        # that it never started: look for them after an error, and every worker_ttl
+        # (redis-py retries some errors without telling us).
+        recover_at = time.monotonic() + self.app.worker_ttl
         while not self.stopping:
             if self.free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
             try:
+                if time.monotonic() >= recover_at:
+                    await self.recover_stranded()
+                    recover_at = time.monotonic() + self.app.worker_ttl
                 await self.fetch(self.block_ms)
                 backoff.reset()
             except TRANSIENT as exc:
+                recover_at = 0.0
                 await backoff.wait(exc)
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                log.warning("stream group missing (Redis lost its data?): creating it again")
-                await self._create_groups()
+                if "NOGROUP" in str(exc):
+                    log.warning("stream group missing (Redis lost its data?): creating it again")
+                    with contextlib.suppress(*TRANSIENT):
+                        await self._create_groups()
+                else:
+                    log.error("fetch failed: %s", exc)
+                    await backoff.wait(exc)
+            except Exception:  # a bug must not stop a worker that still beats
+                log.exception("fetch failed")
+                await backoff.wait(RuntimeError("fetch failed"))
 
     async def _complete_loop(self) -> None:
         backoff = Backoff("complete")
@@ -282,23 +318,26 @@ class Worker:
             try:
                 await self.flush()
                 backoff.reset()
-            except TRANSIENT as exc:
+            except (*TRANSIENT, ResponseError) as exc:
                 self._outcome_ready.set()
                 await backoff.wait(exc)
 
     async def _tick_loop(self) -> None:
         """Every 100 ms move due delayed entries; every ``heartbeat`` seconds, beat,
         and reap if this worker holds the leader lock."""
-        backoff = Backoff("tick")
+        # Retry no slower than the heartbeat, so that after an outage every worker
+        # beats again within one heartbeat of Redis coming back.
+        backoff = Backoff("tick", cap=self.app.heartbeat)
         next_beat = 0.0
         # After an outage every heartbeat in Redis is old: reaping before the others
         # had time to beat again would declare live workers dead.
+        trust_after = self.app.worker_ttl + self.app.heartbeat
         connected_since = time.monotonic()
         while True:
             try:
                 if time.monotonic() >= next_beat:
                     await self.beat()
-                    trusted = time.monotonic() - connected_since >= self.app.worker_ttl
+                    trusted = time.monotonic() - connected_since >= trust_after
                     if trusted and await self.reaper.lead():
                         await self.reaper.reap()
                     next_beat = time.monotonic() + self.app.heartbeat
@@ -307,6 +346,9 @@ class Worker:
                 await asyncio.sleep(0.1)
             except TRANSIENT as exc:
                 connected_since = time.monotonic()
+                await backoff.wait(exc)
+            except ResponseError as exc:  # e.g. scripts lost with Redis's data
+                log.error("tick failed: %s", exc)
                 await backoff.wait(exc)
 
     async def run_once(self) -> int:
@@ -355,7 +397,10 @@ class Worker:
             if entries:
                 replies = await self.claim(entries)
         for reply in replies:
-            self._start(reply)
+            try:
+                self._start(reply)
+            except Exception:  # a bug: the step stays pending here and is recovered
+                log.exception("could not start %r", reply[:3])
         return len(replies)
 
     async def _wait_for_entries(self, free: int, block_ms: int) -> list[Entry]:
@@ -393,26 +438,28 @@ class Worker:
 
     def _start(self, reply: list[Any]) -> None:
         """Start the step a claim reply hands us; log the entries it did not."""
-        kind, run_id, step_name = (x.decode() for x in reply[:3])
+        kind, run_id, step_name = (_text(x) for x in reply[:3])
         if kind != "run":
             level = logging.WARNING if kind == "dead" else logging.DEBUG
-            log.log(level, "%s %s/%s: %s", kind, run_id, step_name, reply[3].decode())
+            log.log(level, "%s %s/%s: %s", kind, run_id, step_name, _text(reply[3]))
             return
-        attempt, epoch, wf_name = int(reply[3]), int(reply[4]), reply[5].decode()
-        wf = self.app.workflows[wf_name]
+        attempt, epoch, wf = int(reply[3]), int(reply[4]), self.app.workflows[_text(reply[5])]
         step = wf.steps.get(step_name) or _missing_step(wf.name, step_name)
-        job = Job(reply[6].decode(), reply[7].decode(), run_id, wf, step, attempt, epoch)
-        parents = {
-            reply[i].decode(): unpack(reply[i + 1] or None) for i in range(10, len(reply), 2)
-        }
+        job = Job(_text(reply[6]), _text(reply[7]), run_id, wf, step, attempt, epoch)
+        try:
+            data = unpack(reply[8])
+            parents = {
+                _text(reply[i]): unpack(reply[i + 1] or None) for i in range(10, len(reply), 2)
+            }
+        except Exception as exc:  # stored bytes that are not msgpack: retrying cannot help
+            log.error(
+                "%s/%s: corrupt payload (%s): failed and dead-lettered", run_id, step_name, exc
+            )
+            error = {"type": "CorruptPayload", "message": f"stored input is not msgpack: {exc}"}
+            self._record(job, ("dead", pack({**error, "tb": ""}), 0))
+            return
         ctx = Context(
-            run_id,
-            step_name,
-            unpack(reply[8]),
-            attempt,
-            self,
-            reassigned=reply[9] == b"1",
-            parents=parents,
+            run_id, step_name, data, attempt, self, reassigned=reply[9] == b"1", parents=parents
         )
         self.running[job.key] = asyncio.create_task(self._execute(job, ctx))
 
@@ -422,17 +469,23 @@ class Worker:
         finally:  # a cancelled step leaves its entry pending: it is re-run, never lost
             del self.running[job.key]
             self._slot_freed.set()
+        self._record(job, outcome)
+
+    def _record(self, job: Job, outcome: tuple[str, bytes, int]) -> None:
+        """Queue an outcome for the complete loop's next batch."""
+        kind, payload, due = outcome
         step = job.step
         self.outcomes.append(
             [
-                *outcome[:1],
+                kind,
                 job.stream,
                 job.entry_id,
                 job.run_id,
                 step.name,
                 job.attempt,
                 job.epoch,
-                *outcome[1:],
+                payload,
+                due,
                 len(step.children),
                 *step.children,
             ]
@@ -445,21 +498,25 @@ class Worker:
         step = job.step
         try:
             return "ok", pack(await self._call(job, ctx), "output"), 0
-        except Exception as exc:
-            error = pack(
-                {"type": type(exc).__name__, "message": str(exc), "tb": traceback.format_exc()}
-            )
+        except (Exception, asyncio.CancelledError) as exc:
+            task = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and task and task.cancelling():
+                raise  # the worker cancelled it (stopping): its entry stays pending
+            # Anything else, a CancelledError the step's own code raised included,
+            # fails the attempt.
+            kind = type(exc).__name__
+            error = pack({"type": kind, "message": str(exc), "tb": traceback.format_exc()})
             if job.attempt <= step.retries:
                 log.info(
                     "%s/%s attempt %d failed (%s: %s): retrying",
                     job.run_id,
                     step.name,
                     job.attempt,
-                    type(exc).__name__,
+                    kind,
                     exc,
                 )
                 return "retry", error, now_ms() + int(step.retry_delay(job.attempt) * 1000)
-            log.warning("%s/%s failed: %s: %s", job.run_id, step.name, type(exc).__name__, exc)
+            log.warning("%s/%s failed: %s: %s", job.run_id, step.name, kind, exc)
             return "fail", error, 0
 
     async def _call(self, job: Job, ctx: Context) -> Any:
@@ -491,17 +548,44 @@ class Worker:
             args: list[Any] = [self.keys.prefix, self._id, now_ms(), len(batch)]
             for item in batch:
                 args += item
+            self._flushing = batch
             try:
                 replies = await self.scripts.complete(keys=[self.keys.workflows], args=args)
             except BaseException:
                 self.outcomes[:0] = batch  # kept for the next try: nothing is dropped
                 raise
+            finally:
+                self._flushing = []
             for item, reply in zip(batch, replies, strict=True):
                 text = reply.decode()
                 if text.startswith("refused"):
                     log.warning("completion of %s/%s %s", item[3], item[4], text)
                 elif text != "ok":
                     log.info("completion of %s/%s %s", item[3], item[4], text)
+
+    async def recover_stranded(self) -> int:
+        """Dispatch again the entries pending on this worker that it is not running:
+        delivered in a reply that was lost with the connection. Returns how many.
+
+        Only the fetch loop calls this, so no read is under way meanwhile."""
+        known = {job for job in self.running}
+        known |= {f"{item[1]} {item[2]}" for item in (*self.outcomes, *self._flushing)}
+        report = ReapReport()
+        now = now_ms()
+        for stream in self.streams:
+            try:
+                pending = await self.redis.xpending_range(
+                    stream, GROUP, min="-", max="+", count=1000, consumername=self._id
+                )
+            except ResponseError:  # NOGROUP: recreated by the fetch loop
+                continue
+            ids = [p["message_id"] for p in pending]
+            stranded = [i for i in ids if f"{stream} {_text(i)}" not in known]
+            if stranded:
+                await self.reaper.settle_entries(self._id, stream, stranded, now, report)
+        if report:
+            log.warning("recovered %d entries stranded by a lost reply", report.redispatched)
+        return report.redispatched
 
     # -- sticky children -----------------------------------------------------
 
@@ -517,6 +601,9 @@ class Worker:
     def _adjust_lent(self, delta: int) -> None:
         def apply() -> None:
             self._lent += delta
+            # A def step waiting on a child keeps its thread: the slot it lends
+            # needs a thread of its own, or a def step admitted into it would wait.
+            self.pool._max_workers = self._threads + max(self._lent, 0)
             self._slot_freed.set()
 
         loop = self._loop
@@ -530,6 +617,26 @@ class Worker:
             apply()
         else:
             loop.call_soon_threadsafe(apply)
+
+
+def _text(value: bytes) -> str:
+    """Decode a name from Redis; bytes that are not UTF-8 (hand-written entries) stay visible."""
+    return value.decode(errors="backslashreplace")
+
+
+async def _cancel(task: asyncio.Task[Any], timeout: float = 5.0) -> None:
+    """Cancel a task and wait until it is done. Cancel again while it is not: on
+    Python 3.11 asyncio.wait_for (used by redis-py) can swallow a cancellation
+    (cpython gh-86296)."""
+    for _ in range(int(timeout / 0.1)):
+        if task.done():
+            break
+        task.cancel()
+        await asyncio.wait([task], timeout=0.1)
+    if not task.done():
+        log.warning("task %s did not stop in %.0fs", task.get_name(), timeout)
+    if task.done() and not task.cancelled() and task.exception():
+        log.error("task %s failed: %r", task.get_name(), task.exception())
 
 
 def _missing_step(workflow: str, step: str) -> StepDef:

@@ -203,11 +203,6 @@ def test_a_non_serializable_output_fails_the_step_naming_the_path(app: Rstick) -
     assert app.client.redis.hgetall(app.keys.out(ref.run_id)) == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a step that raises CancelledError itself (not cancelled by the worker) "
-    "records no outcome: the run stays running forever on a live worker",
-)
 def test_a_step_raising_cancelled_error_fails_instead_of_hanging(app: Rstick) -> None:
     @app.task
     async def cancels(ctx: Context) -> None:
@@ -397,3 +392,70 @@ def test_a_step_past_its_timeout_raises_step_timeout(app: Rstick) -> None:
             ref.result(timeout=1)
         assert info.value.error_type == "StepTimeout"
         assert info.value.error_message == f"step {name!r} timed out after 0.05s"
+
+
+# -- what a lost connection or bad data leaves ----------------------------------
+
+
+def test_an_entry_whose_reply_was_lost_is_recovered(app: Rstick) -> None:
+    @app.task()
+    def job(ctx: Context) -> int:
+        return ctx.attempt
+
+    ref = app.enqueue("job")
+    redis, queue = app.client.redis, app.keys.queue("default")
+
+    async def scenario() -> None:
+        async with started(app, "w1") as [w1]:
+            # Redis hands the entry to w1's read; the reply never reaches w1.
+            redis.xreadgroup(GROUP, "w1", {queue: ">"}, count=10)
+            assert await drain(w1) == 0  # a read takes only new entries: stranded
+            assert await w1.recover_stranded() == 1
+            assert await drain(w1) == 1
+            assert await w1.recover_stranded() == 0  # nothing pending is left
+
+    run(scenario())
+    assert ref.result(timeout=1) == 1  # never started: the same attempt runs
+    assert redis.xpending(queue, GROUP)["pending"] == 0
+
+
+def test_recovery_leaves_the_steps_the_worker_runs_alone(app: Rstick) -> None:
+    gate = asyncio.Event()
+
+    @app.task()
+    async def slow(ctx: Context) -> int:
+        await gate.wait()
+        return ctx.attempt
+
+    ref = app.enqueue("slow")
+
+    async def scenario() -> None:
+        async with started(app, "w1") as [w1]:
+            assert await w1.fetch(None) == 1
+            assert await w1.recover_stranded() == 0  # running here: not stranded
+            gate.set()
+            await drain(w1)
+
+    run(scenario())
+    assert ref.result(timeout=1) == 1
+    assert "lost" not in [e["ev"] for e in app.client.history(ref.run_id)]
+
+
+def test_a_corrupt_input_fails_the_step_and_is_dead_lettered(app: Rstick) -> None:
+    @app.task()
+    def job(ctx: Context) -> None:
+        raise AssertionError("never called")
+
+    ref = app.enqueue("job", {"x": 1})
+    app.client.redis.hset(app.keys.run(ref.run_id), "input", b"\xc1")  # not msgpack
+
+    async def scenario() -> None:
+        async with started(app, "w1") as [w1]:
+            await drain(w1)
+
+    run(scenario())
+    with pytest.raises(RunFailed) as info:
+        ref.result(timeout=1)
+    assert info.value.error_type == "CorruptPayload"
+    [letter] = app.client.dead_letters()
+    assert (letter["reason"], letter["r"], letter["s"]) == ("corrupt payload", ref.run_id, "job")

@@ -12,8 +12,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from .chaos_harness import Life, StepLine
-from .chaos_storm import GARBAGE, Leftover, Outcome
+from .chaos_harness import Life
+from .chaos_storm import GARBAGE, Outcome
 
 STEPS = ("a", "b", "c")
 GARBAGE_REASONS = {
@@ -65,25 +65,8 @@ def verify(o: Outcome) -> list[Problem]:
     return problems
 
 
-STRANDED = (
-    "rstick bug: an entry delivered to a live worker whose reply was lost with the "
-    "connection (Redis restarted) stays pending on that worker forever: fetch reads only "
-    "new entries and the reaper settles only dead workers' (fix: the worker recovers its "
-    "own pending entries after a connection error; see the report)"
-)
-
-
-FALSE_DEATH = (
-    "rstick bug: after a Redis outage a live worker can be declared dead: a peer's reaper "
-    "trusts heartbeats worker_ttl after its own reconnect, but the worker's tick loop may "
-    "still sleep in its backoff (capped at 5 s, longer than worker_ttl here); its SOFT "
-    "runs move, its HARD runs park and their running steps bounce (each bounce counts "
-    "toward max_deliveries). Fix: cap the tick loop's backoff at the heartbeat (see the report)"
-)
-
-
 def falsely_dead(o: Outcome) -> set[str]:
-    """Runs parked or moved away from a worker that was alive: the FALSE_DEATH bug."""
+    """Runs parked or moved away from a worker that was alive at the time."""
     lives: dict[str, list[Life]] = defaultdict(list)
     for life in o.lives:
         lives[life.worker_id].append(life)
@@ -93,26 +76,6 @@ def falsely_dead(o: Outcome) -> set[str]:
         for e in hist
         if (e["ev"] == "parked" and alive_at(lives[e["w"]], e["at"]))
         or (e["ev"] == "reassigned" and alive_at(lives[e["from"]], e["at"]))
-    }
-
-
-def stranded(o: Outcome) -> set[str]:
-    """Runs held up by the STRANDED bug."""
-    unfinished = {r for r, run in o.runs.items() if not run.status.finished}
-    return stranded_runs(o.leftovers, set(o.alive), unfinished, o.lines)
-
-
-def stranded_runs(
-    leftovers: list[Leftover], alive: set[str], unfinished: set[str], lines: list[StepLine]
-) -> set[str]:
-    """Unfinished runs with an entry pending on a live worker that never started it."""
-    started = {(x.run_id, x.step, x.attempt) for x in lines if x.event == "start"}
-    return {
-        e.run_id
-        for e in leftovers
-        if e.consumer in alive
-        and e.run_id in unfinished
-        and (e.run_id, e.fields.get("s"), int(e.fields.get("a", 0))) not in started
     }
 
 
@@ -290,7 +253,6 @@ def counts(o: Outcome) -> dict[str, Any]:
         "completions refused": sum(t.count(" refused") for t in o.worker_logs.values()),
         "dead letters": len(o.dead_letters),
         "runs hit by a false death": len(falsely_dead(o)),
-        "runs stranded": len(stranded(o)),
         "seconds": round(o.seconds, 1),
         "seed": o.seed,
     }

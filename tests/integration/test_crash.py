@@ -24,7 +24,6 @@ if str(ROOT) not in sys.path:  # the workers import tests.integration.chaos_app 
 from rstick import Rstick, RunFailed, RunRef  # noqa: E402
 from rstick.keys import GROUP  # noqa: E402
 from rstick.server import RedisServer  # noqa: E402
-from tests.integration.chaos_checks import FALSE_DEATH, STRANDED, stranded_runs  # noqa: E402
 from tests.integration.chaos_harness import (  # noqa: E402
     Workers,
     durable_redis,
@@ -34,7 +33,6 @@ from tests.integration.chaos_harness import (  # noqa: E402
     step_lines,
     wait_until,
 )
-from tests.integration.chaos_storm import leftovers  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -101,16 +99,6 @@ def crash(server: RedisServer, tmp_path: Path) -> Iterator[Crash]:
     for life in workers.lives:
         print(f"--- {life.log.name} (pid {life.pid}, signals {life.signals})")
         print(life.text()[-6000:])
-
-
-DRAIN_BUGS = (
-    "rstick bugs in Worker._drain (worker.py): (1) it cancels the tick loop once and awaits "
-    "it, but on Python 3.11 redis-py's asyncio.wait_for (socket_timeout is 5 s by default "
-    "since redis-py 8) can swallow that cancellation (cpython gh-86296): the loop runs on "
-    "and the worker never exits on SIGTERM; (2) cancelling the complete loop mid-flush puts "
-    "its batch back after the final flush already ran, so the finished step is lost and "
-    "re-run elsewhere. Fix in the report."
-)
 
 
 def events(history: list[dict[str, Any]], ev: str) -> list[dict[str, Any]]:
@@ -283,7 +271,6 @@ def test_paused_worker_is_fenced_off_and_rejoins(crash: Crash) -> None:
 # -- SIGTERM: a graceful stop ---------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=DRAIN_BUGS)
 def test_graceful_stop_hands_soft_runs_back_at_once(crash: Crash) -> None:
     # A worker_ttl of a minute: only the hand-off can move the run within the test.
     crash.start("w1", concurrency=1, worker_ttl=60)
@@ -338,41 +325,21 @@ def test_workers_reconnect_after_redis_restarts(crash: Crash) -> None:
     def unfinished() -> set[str]:
         return {r.run_id for r in refs if not crash.app.get_run(r.run_id).status.finished}
 
-    try:
-        wait_until(lambda: not unfinished(), 30, "every run to finish after the restart")
-    except TimeoutError:
-        held_up = stranded(crash, unfinished())
-        if held_up and held_up == unfinished():
-            pytest.xfail(f"{STRANDED}: runs {sorted(held_up)}")
-        raise
+    wait_until(lambda: not unfinished(), 30, "every run to finish after the restart")
     for ref in refs:
         succeeded = [e["s"] for e in events(crash.history(ref), "succeeded")]
         assert len(succeeded) == len(set(succeeded))  # no step accepted twice
     failed = [crash.app.get_run(r.run_id) for r in refs]
     failed = [run for run in failed if run.status != "succeeded"]
-    if failed and all(run.error_step for run in failed):
-        errors = {run.step(str(run.error_step)).error for run in failed}
-        declared_dead = any("was declared dead" in crash.workers.log(w) for w in ids)
-        if declared_dead and {e.type for e in errors if e} == {"PoisonMessage"}:
-            pytest.xfail(f"{FALSE_DEATH}: runs {[run.run_id for run in failed]}")
     assert not failed, [(run.run_id, run.workflow, run.status) for run in failed]
     for wid in ids:
         assert crash.workers.current[wid].proc.poll() is None, f"{wid} exited"
         assert "redis unavailable" in crash.workers.log(wid)
+        assert "was declared dead" not in crash.workers.log(wid)
     crash.workers.wait_ready(crash.app, *ids)
     assert redis.xpending(crash.app.keys.queue("default"), GROUP)["pending"] == 0
 
 
-def stranded(crash: Crash, unfinished: set[str]) -> set[str]:
-    """The unfinished runs held up by the STRANDED bug."""
-    alive = set(crash.workers.running())
-    keys = crash.app.keys
-    streams = [keys.queue("default"), *(keys.personal(w) for w in alive)]
-    entries = [e for s in streams for e in leftovers(crash.app.client.redis, s)]
-    return stranded_runs(entries, alive, unfinished, step_lines(crash.dir))
-
-
-@pytest.mark.xfail(strict=True, reason=STRANDED)
 def test_entry_delivered_as_the_connection_drops_still_runs(crash: Crash) -> None:
     # What a Redis restart at the wrong moment does, step by step: Redis hands an
     # entry to the worker's read, and the reply is lost with the connection.
@@ -421,15 +388,6 @@ def test_garbage_entries_are_dead_lettered_and_the_worker_goes_on(crash: Crash) 
     assert redis.xlen(queue) == 0
 
 
-CORRUPT_PAYLOAD = (
-    "rstick bug: a claimed step whose stored input (or parent output) is not msgpack "
-    "raises in Worker._start (unpack), which ends the fetch loop's task: the step stays "
-    "running for ever, nothing is dead-lettered or logged, and the worker, still beating, "
-    "never takes work again. Fix in the report."
-)
-
-
-@pytest.mark.xfail(strict=True, reason=CORRUPT_PAYLOAD)
 def test_corrupt_payload_is_dead_lettered_and_the_worker_goes_on(crash: Crash) -> None:
     crash.start("w1")
     ref = crash.app.enqueue("job", {"x": 1}, delay=1.0)  # not due for a second:

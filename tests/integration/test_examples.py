@@ -123,6 +123,26 @@ def test_sticky_children_run_on_the_parents_worker_with_one_slot(
             assert (created["ev"], created["w"]) == ("created", out["worker"])
 
 
+def test_ordinary_children_do_not_deadlock_one_worker_with_one_slot(
+    redis_url: str, make_workers: Callable[[str, str], WorkerProcs], namespace: str
+) -> None:
+    workers = make_workers(redis_url, namespace)
+    workers.start_many(1, "examples.sticky_child:app", concurrency=1)
+    client = workers.client
+
+    # Not sticky: the children go through the shared queue, behind whatever is there.
+    # The one slot of the one worker is busy with a parent step waiting on its child:
+    # the waiting step lends its slot, so the child still runs.
+    refs = client.enqueue_many("Parent", [{"n": 2, "sticky": False}, {"n": 4, "sticky": False}])
+    for ref, n in zip(refs, [2, 4], strict=True):
+        result = ref.result(timeout=30)
+        for step, square in (("sync_child", n * n), ("async_child", (n + 1) ** 2)):
+            assert result[step]["child"]["square"]["square"] == square
+            child = client.get_run(result[step]["child_run"])
+            assert child.parent == f"{ref.run_id}/{step}"
+            assert child.status == "succeeded"
+
+
 # -- rstick demo ------------------------------------------------------------------
 
 
