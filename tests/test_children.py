@@ -4,6 +4,7 @@ parent link, and the slot a waiting parent lends its child (no deadlock)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -320,3 +321,307 @@ def test_a_parent_waiting_on_its_sticky_child_lends_its_only_slot(
     child = [r for r in app.client.list_runs() if r.workflow == "Child"]
     assert len(child) == 1
     assert child[0].parent == f"{parent.run_id}/wait"
+
+
+# -- idempotent spawn: a re-run step re-attaches to its child -------------------
+
+
+def define_reruns(app: Rstick) -> None:
+    """Parents whose step spawns, then fails its first attempt (retried at once)."""
+
+    @app.workflow()
+    class Flaky:
+        @app.step()
+        def work(self, ctx: Context) -> str:
+            if ctx.input["fail"]:
+                raise RuntimeError("the child was told to fail")
+            return "fine"
+
+    @app.workflow(sticky=StickyStrategy.SOFT)
+    class Retrier:
+        """Two children (an ordinary one and a sticky one), then the attempt fails."""
+
+        @app.step(retries=1, backoff=0)
+        def spawn(self, ctx: Context) -> list[str]:
+            key = {"key": f"{ctx.attempt}"} if ctx.input["keyed"] else {}
+            plain = ctx.spawn_workflow("Plain", {"attempt": ctx.attempt}, **key)
+            child = ctx.spawn_workflow("Child", {"attempt": ctx.attempt}, sticky=True, **key)
+            if ctx.attempt == 1:
+                raise RuntimeError("first attempt fails after spawning")
+            return [plain.run_id, child.run_id]
+
+    @app.workflow()
+    class FlakyParent:
+        """Waits on a child that fails when spawned by the first attempt."""
+
+        @app.step(retries=1, backoff=0)
+        def wait(self, ctx: Context) -> Any:
+            key = {"key": f"{ctx.attempt}"} if ctx.input["keyed"] else {}
+            ref = ctx.spawn_workflow("Flaky", {"fail": ctx.attempt == 1}, **key)
+            return ref.result(timeout=10)
+
+
+def define_plain_waiters(app: Rstick) -> None:
+    """Parents waiting on an ordinary (not sticky) child: it goes to the shared queue."""
+
+    @app.workflow()
+    class PlainWaiter:
+        @app.step()
+        def wait(self, ctx: Context) -> dict[str, Any]:
+            ref = ctx.spawn_workflow("Plain")
+            return {"worker": ctx.worker.id(), "child": ref.result(timeout=ctx.input or 10)}
+
+    @app.workflow()
+    class AsyncPlainWaiter:
+        @app.step()
+        async def wait(self, ctx: Context) -> dict[str, Any]:
+            ref = await ctx.aspawn_workflow("Plain")
+            return {"worker": ctx.worker.id(), "child": await ref.result(timeout=10)}
+
+
+def run_keys(app: Rstick) -> set[str]:
+    prefix = app.keys.run("")
+    return {k.decode()[len(prefix) :] for k in app.client.redis.keys(app.keys.run("*"))}
+
+
+def created_events(app: Rstick, run_id: str) -> int:
+    return sum(e["ev"] == "created" for e in app.client.history(run_id))
+
+
+async def serve(worker: Worker, done: Any, timeout: float = 10.0) -> None:
+    """What the worker's loops do, without blocking reads (fakeredis): move due
+    entries, fetch into free slots, complete outcomes, until ``done()``."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not done after {timeout}s; running: {list(worker.running)}")
+        await worker.move_due()
+        if worker.free > 0:
+            await worker.fetch(None)
+        if worker.running:
+            await asyncio.wait(list(worker.running.values()), timeout=0.02)
+        else:
+            await asyncio.sleep(0.005)
+        await worker.flush()
+    await serve_until_idle(worker, timeout)
+
+
+def finished(app: Rstick, run_id: str) -> Any:
+    return lambda: app.get_run(run_id).status.value in ("succeeded", "failed", "cancelled")
+
+
+def family_finished(app: Rstick, run_id: str) -> Any:
+    """The run and every child it spawned have finished."""
+    return lambda: all(finished(app, r)() for r in [run_id, *app.get_run(run_id).children])
+
+
+def test_a_retried_step_re_attaches_to_the_children_it_spawned(app: Rstick) -> None:
+    define(app)
+    define_reruns(app)
+
+    async def scenario() -> RunRef:
+        w1 = Worker(app, worker_id="w1")
+        await w1.start()
+        parent = app.enqueue("Retrier", {"keyed": False})
+        await serve(w1, family_finished(app, parent.run_id))
+        return parent
+
+    parent = run(scenario())
+    plain, child = parent.result(timeout=1)["spawn"]
+    assert parent.get().step("spawn").attempts == 2
+    # The second attempt spawned the same two children again: nothing new was created.
+    assert sorted(parent.get().children) == sorted([plain, child])
+    assert run_keys(app) == {parent.run_id, plain, child}
+    for child_id in (plain, child):
+        assert created_events(app, child_id) == 1
+        assert app.get_run(child_id).parent == f"{parent.run_id}/spawn"
+    # Each ran once, with the first attempt's input.
+    assert RunRef(app.client, plain).result(timeout=1) == {"work": "w1"}
+    assert RunRef(app.client, child).result(timeout=1)["work"]["input"] == {"attempt": 1}
+    assert app.get_run(child).worker == "w1"
+
+
+def test_an_explicit_key_per_attempt_starts_fresh_children(app: Rstick) -> None:
+    define(app)
+    define_reruns(app)
+
+    async def scenario() -> RunRef:
+        w1 = Worker(app, worker_id="w1")
+        await w1.start()
+        parent = app.enqueue("Retrier", {"keyed": True})
+        await serve(w1, family_finished(app, parent.run_id))
+        return parent
+
+    parent = run(scenario())
+    second = parent.result(timeout=1)["spawn"]
+    children = parent.get().children
+    assert len(children) == 4  # two per attempt
+    assert set(second) < set(children)
+    assert run_keys(app) == {parent.run_id, *children}
+    first = set(children) - set(second)
+    assert {app.get_run(c).workflow for c in first} == {"Plain", "Child"}
+    for c in children:
+        assert app.get_run(c).status.value == "succeeded"
+        assert created_events(app, c) == 1
+    # The second attempt's sticky child got the second attempt's input.
+    assert RunRef(app.client, second[1]).result(timeout=1)["work"]["input"] == {"attempt": 2}
+
+
+def test_a_re_run_on_another_worker_re_attaches_wherever_the_child_is(app: Rstick) -> None:
+    """The step's worker was lost and the step runs again elsewhere (a new Context,
+    attempt 2, another worker): same children in the same order, nothing written,
+    and the refs it gets wait on the children the first attempt started."""
+    define(app)
+
+    async def scenario() -> None:
+        w1, w2 = Worker(app, worker_id="w1"), Worker(app, worker_id="w2")
+        await w1.start()
+        await w2.start()
+        # A parent run that stays out of the way (due in an hour): the test plays its step.
+        parent = app.enqueue("Spawner", {"child": "Plain", "sticky": False}, delay=3600)
+        first = Context(parent.run_id, "spawn", None, 1, w1)
+        a = first.spawn_workflow("Plain", {"n": 1})
+        b = first.spawn_workflow("Plain", {"n": 2})
+        c = await first.aspawn_workflow("Child", {"n": 3}, sticky=True)
+        assert len({a.run_id, b.run_id, c.run_id}) == 3  # one child per spawn call
+        before = snapshot(app)
+
+        again = Context(parent.run_id, "spawn", None, 2, w2, reassigned=True)
+        a2 = await again.aspawn_workflow("Plain", {"n": "ignored"})
+        b2 = again.spawn_workflow("Plain", {"n": "ignored"})
+        c2 = again.spawn_workflow("Child", {"n": "ignored"}, sticky=True)
+        assert [a2.run_id, b2.run_id, c2.run_id] == [a.run_id, b.run_id, c.run_id]
+        assert snapshot(app) == before  # re-attached: nothing written
+        assert app.get_run(c.run_id).worker == "w1"  # still pinned where it was made
+        assert sorted(app.get_run(parent.run_id).children) == sorted([a.run_id, b.run_id, c.run_id])
+
+        # Another step of the same run gets children of its own.
+        assert Context(parent.run_id, "other", None, 1, w1).spawn_workflow("Plain").run_id not in {
+            a.run_id,
+            b.run_id,
+        }
+
+        await serve(w1, lambda: all(finished(app, r.run_id)() for r in (a, b, c)))
+        assert await a2.result(timeout=1) == {"work": "w1"}
+        assert b2.result(timeout=1) == {"work": "w1"}
+        assert c2.result(timeout=1)["work"] == {"worker": "w1", "input": {"n": 3}}
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_a_retry_re_attached_to_a_failed_child_sees_the_failure_unless_keyed(
+    app: Rstick, keyed: bool
+) -> None:
+    define(app)
+    define_reruns(app)
+
+    async def scenario() -> RunRef:
+        w1 = Worker(app, worker_id="w1", concurrency=1)
+        await w1.start()
+        parent = app.enqueue("FlakyParent", {"keyed": keyed})
+        await serve(w1, family_finished(app, parent.run_id))
+        return parent
+
+    parent = run(scenario())
+    children = parent.get().children
+    assert parent.get().step("wait").attempts == 2
+    if keyed:  # attempt 2 started a child of its own, which succeeded
+        assert parent.result(timeout=1) == {"wait": {"work": "fine"}}
+        assert sorted(app.get_run(c).status.value for c in children) == ["failed", "succeeded"]
+    else:  # attempt 2 re-attached to attempt 1's child, which had failed
+        with pytest.raises(RunFailed) as failed:
+            parent.result(timeout=1)
+        assert failed.value.error_type == "RunFailed"
+        assert "the child was told to fail" in failed.value.error_message
+        assert [app.get_run(c).status.value for c in children] == ["failed"]
+    assert run_keys(app) == {parent.run_id, *children}
+
+
+# -- no deadlock with an ordinary child either ----------------------------------
+
+
+@pytest.mark.parametrize("workflow", ["PlainWaiter", "AsyncPlainWaiter"])
+def test_a_parent_waiting_on_an_ordinary_child_lends_its_only_slot(
+    app: Rstick, workflow: str
+) -> None:
+    define(app)
+    define_plain_waiters(app)
+
+    async def scenario() -> tuple[RunRef, str]:
+        w1 = Worker(app, worker_id="w1", concurrency=1)
+        await w1.start()
+        parent = app.enqueue(workflow)
+        assert await w1.fetch(None) == 1
+        # The parent spawned its child into the shared queue and waits on it: the
+        # waiting parent is not counted as busy...
+        await wait_until(lambda: w1.free == 1 and len(app.get_run(parent.run_id).children) == 1)
+        child_id = app.get_run(parent.run_id).children[0]
+        assert child_id in stream_runs(app, app.keys.queue("default"))
+        assert len(w1.running) == 1
+        # ...so the only worker, with its only slot, takes the child all the same.
+        assert await w1.fetch(None) == 1
+        assert len(w1.running) == 2
+        await serve_until_idle(w1)
+        assert w1.free == 1  # the slot came back
+        return parent, child_id
+
+    parent, child_id = run(scenario())
+    assert parent.result(timeout=1) == {"wait": {"worker": "w1", "child": {"work": "w1"}}}
+    assert app.get_run(child_id).parent == f"{parent.run_id}/wait"
+
+
+def test_many_def_parents_waiting_on_ordinary_children_on_one_slot_all_finish(
+    app: Rstick,
+) -> None:
+    define(app)
+    define_plain_waiters(app)
+
+    async def scenario() -> list[RunRef]:
+        # Six def parents waiting at once, each holding a thread: more than the 1 + 4
+        # threads the pool starts with, so it must grow with the slots they lend.
+        w1 = Worker(app, worker_id="w1", concurrency=1)
+        await w1.start()
+        parents = app.enqueue_many("PlainWaiter", [2] * 6)  # each waits 2 s at most
+        await serve(w1, lambda: all(family_finished(app, p.run_id)() for p in parents), 30)
+        return parents
+
+    for parent in run(scenario()):
+        assert parent.result(timeout=1)["wait"]["child"] == {"work": "w1"}
+
+
+# -- rstick runs show -------------------------------------------------------------
+
+
+def test_runs_show_links_the_parent_and_its_child(
+    app: Rstick, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from rstick_cli import settings
+    from rstick_cli.main import cli
+
+    define(app)
+
+    async def scenario() -> RunRef:
+        w1 = Worker(app, worker_id="w1")
+        await w1.start()
+        parent = app.enqueue("Spawner", {"child": "Child", "sticky": True})
+        await serve(w1, family_finished(app, parent.run_id))
+        return parent
+
+    parent = run(scenario())
+    (child,) = parent.get().children
+    monkeypatch.setattr(settings, "make_app", lambda redis_url, namespace: sibling(app))
+
+    def show(*args: str) -> str:
+        result = CliRunner().invoke(cli, ["runs", "show", *args])
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    assert json.loads(show(parent.run_id, "--json"))["children"] == [child]
+    shown = json.loads(show(child, "--json"))
+    assert shown["parent"] == f"{parent.run_id}/spawn"
+    assert shown["parent_status"] == "succeeded"
+    assert child in show(parent.run_id)
+    assert f"{parent.run_id}/spawn (succeeded)" in show(child)
