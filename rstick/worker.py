@@ -3,8 +3,9 @@
 The loop is three small coroutines that share one asyncio event loop:
 
 - ``_fetch_loop``: while slots are free, read and claim a batch in one script
-  call (personal stream first, then the shared queues); block in XREADGROUP
-  only when every stream is empty;
+  call (``take.lua``: personal stream first, then the shared queues); when every
+  stream is empty, block in XREADGROUP with the claim of what it delivers
+  pipelined behind it (``blocking.py``), so a wake-up is one round trip;
 - ``_complete_loop``: send finished steps' outcomes in one script call per batch;
 - ``_tick_loop``: heartbeats, due delayed entries, the reaper (``reaper.py``)."""
 
@@ -26,10 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .app import Rstick, StepDef, WorkflowDef
+from .blocking import BlockingConnection
 from .codec import pack, unpack
 from .context import Context
 from .errors import StepTimeout
@@ -48,15 +50,6 @@ def now_ms() -> int:
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One stream entry as read: where it came from and its raw fields."""
-
-    stream: str
-    entry_id: str
-    fields: dict[bytes, bytes]
 
 
 @dataclass(frozen=True)
@@ -382,59 +375,113 @@ class Worker:
         )
         return moved
 
+    # The marks of the last take that left slots free (see take.lua), while they hold:
+    # with them the worker may block in XREADGROUP and claim what the read delivers in
+    # the same round trip. Only fetch() reads entries, so nothing else delivers any.
+    _marks: list[Any] | None = None
+
     async def fetch(self, block_ms: int | None) -> int:
         """Take up to ``free`` entries and start their steps; returns entries handled.
 
-        One script call reads and claims while there is work; only when every
-        stream is empty does the worker block in XREADGROUP (scripts cannot).
+        One script call reads and claims while there is work. When every stream is
+        empty the worker blocks in XREADGROUP (scripts cannot) with the claim of what
+        the read delivers pipelined behind it: Redis runs that claim as soon as the
+        read is served, so an idle worker starts a new step one round trip after it
+        was enqueued, not two.
         """
-        replies = await self.scripts.fetch(
-            keys=[self.keys.workflows],
-            args=[self.keys.prefix, self._id, now_ms(), self._serves, self.free, *self.streams],
-        )
-        if not replies and block_ms is not None:
-            entries = await self._wait_for_entries(self.free, block_ms)
-            if entries:
-                replies = await self.claim(entries)
+        marks, self._marks = self._marks, None  # a failed call leaves no stale marks
+        free = self.free
+        if block_ms is None or marks is None:
+            replies, marks = await self._take(free, None, want_marks=block_ms is not None)
+            if not replies and block_ms is not None:
+                replies, marks = await self._wait_for_entries(free, block_ms, marks)
+        else:
+            replies, marks = await self._wait_for_entries(free, block_ms, marks)
+        self._marks = marks or None
         for reply in replies:
             try:
                 self._start(reply)
             except Exception:  # a bug: the step stays pending here and is recovered
                 log.exception("could not start %r", reply[:3])
+        if replies:
+            # Let the new steps begin before the fetch loop's next round trip.
+            await asyncio.sleep(0)
         return len(replies)
 
-    async def _wait_for_entries(self, free: int, block_ms: int) -> list[Entry]:
-        reply = await self.redis.xreadgroup(
-            GROUP, self._id, dict.fromkeys(self.streams, ">"), count=free, block=block_ms
-        )
-        entries = [
-            Entry(stream.decode(), entry_id.decode(), fields or {})
-            for stream, items in reply or ()
-            for entry_id, fields in items
-        ]
-        if len(entries) > free:  # COUNT is per stream: give the surplus back
-            await self.release(entries[free:])
-            entries = entries[:free]
-        return entries
+    def _take_args(
+        self, free: int, marks: list[Any] | None, want_marks: bool, now: int | str
+    ) -> list[Any]:
+        args: list[Any] = [self.keys.prefix, self._id, now, self._serves, free]
+        args.append("1" if want_marks else "")
+        for i, stream in enumerate(self.streams):
+            args += [stream, marks[i] if marks else ""]
+        return args
 
-    async def claim(self, entries: list[Entry]) -> list[Any]:
-        args: list[Any] = [self.keys.prefix, self._id, now_ms(), self._serves, len(entries)]
-        for e in entries:
-            args += [e.stream, e.entry_id]
-            for k, v in e.fields.items():
-                args += [k, v]
-            args.append("")
-        replies: list[Any] = await self.scripts.claim(keys=[self.keys.workflows], args=args)
-        return replies
+    async def _take(
+        self, free: int, marks: list[Any] | None, *, want_marks: bool
+    ) -> tuple[list[Any], list[Any]]:
+        """One take.lua call: (claim replies, marks or []). On the worker's own
+        connection when it has one (redis-py's command path is a third of the
+        fetch loop's CPU), else, and to load the script, redis-py's way."""
+        args = self._take_args(free, marks, want_marks, now_ms())
+        conn = self._blocking_connection()
+        if conn is not None:
+            command = ("EVALSHA", self.scripts.take.sha, 1, self.keys.workflows, *args)
+            [reply] = await conn.call([command], 30.0)
+            if not isinstance(reply, NoScriptError):
+                if isinstance(reply, Exception):
+                    raise reply
+                return reply[0], reply[1]
+        replies, new_marks = await self.scripts.take(keys=[self.keys.workflows], args=args)
+        return replies, new_marks
 
-    async def release(self, entries: list[Entry]) -> None:
-        args: list[Any] = [self.keys.prefix, len(entries)]
-        for e in entries:
-            args += [e.stream, e.entry_id]
-            for k, v in e.fields.items():
-                args += [k, v]
-            args.append("")
-        await self.scripts.release(keys=[self.keys.workflows], args=args)
+    async def _wait_for_entries(
+        self, free: int, block_ms: int, marks: list[Any]
+    ) -> tuple[list[Any], list[Any]]:
+        """Block until an entry comes (or ``block_ms`` pass) and claim what the read
+        delivered, in one round trip: take.lua rides in the pipeline behind the read,
+        and Redis runs it as soon as the read is served.
+
+        COUNT is per stream, so the read delivers at most one entry per stream;
+        take.lua claims them (giving back any beyond ``free``) and reads nothing
+        else, to keep the way to the step's start short: it returns no marks, so the
+        next fetch takes whatever else there is. Returns as ``_take``."""
+        take = self.scripts.take
+        args = self._take_args(free, marks, True, now_ms())
+        conn = self._blocking_connection()
+        if conn is not None:
+            read_cmd: tuple[Any, ...] = ("XREADGROUP", "GROUP", GROUP, self._id, "COUNT", 1)
+            read_cmd += ("BLOCK", block_ms, "STREAMS", *self.streams, *(">" for _ in self.streams))
+            take_cmd = ("EVALSHA", take.sha, 1, self.keys.workflows, *args)
+            # No reply past the block means a dead connection, not a slow Redis.
+            timeout = block_ms / 1000 + 30
+            read, reply = await conn.call([read_cmd, take_cmd], timeout)
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xreadgroup(
+                GROUP, self._id, dict.fromkeys(self.streams, ">"), count=1, block=block_ms
+            )
+            pipe.evalsha(take.sha, 1, self.keys.workflows, *args)
+            read, reply = await pipe.execute(raise_on_error=False)
+        if self.stopping and conn is not None:
+            conn.close()  # the fetch loop ends now
+        if isinstance(reply, NoScriptError) and not isinstance(read, Exception):
+            # Redis lost its scripts: load take.lua and claim what the read delivered.
+            return await self._take(free, marks, want_marks=True)
+        for result in (read, reply):
+            if isinstance(result, Exception):
+                raise result
+        return reply[0], reply[1]
+
+    def _blocking_connection(self) -> BlockingConnection | None:
+        """The connection of this worker's blocking reads (``blocking.py``), made for
+        the client in use; None when that client is served by a redis-py pipeline."""
+        client = self.redis
+        made: tuple[Any, BlockingConnection | None] | None = self.__dict__.get("_blocking")
+        if made is None or made[0] is not client:
+            made = (client, BlockingConnection.for_client(client))
+            self.__dict__["_blocking"] = made
+        return made[1]
 
     def _start(self, reply: list[Any]) -> None:
         """Start the step a claim reply hands us; log the entries it did not."""
@@ -587,11 +634,11 @@ class Worker:
             log.warning("recovered %d entries stranded by a lost reply", report.redispatched)
         return report.redispatched
 
-    # -- sticky children -----------------------------------------------------
+    # -- children ------------------------------------------------------------
 
     @contextlib.contextmanager
     def lend_slot(self) -> Iterator[None]:
-        """While a step waits on a sticky child, its slot serves the child (no deadlock)."""
+        """While a step waits on a child, its slot serves others: no deadlock."""
         self._adjust_lent(1)
         try:
             yield

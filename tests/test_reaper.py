@@ -37,9 +37,10 @@ def define(app: Rstick, sticky: StickyStrategy, schedule_timeout: float = 300.0)
 
 async def take_without_running(worker: Worker) -> list[str]:
     """Read and claim like a worker that dies right after: nothing is completed."""
-    replies = await worker.scripts.fetch(
+    marks = [x for stream in worker.streams for x in (stream, "")]
+    replies, _ = await worker.scripts.take(
         keys=[worker.keys.workflows],
-        args=[worker.keys.prefix, worker.id(), 0, " Flow job ", worker.free, *worker.streams],
+        args=[worker.keys.prefix, worker.id(), 0, " Flow job ", worker.free, "", *marks],
     )
     return [r[0].decode() for r in replies]
 

@@ -51,9 +51,11 @@ def serves(w: Worker) -> str:
 
 async def take_raw(w: Worker) -> list[list[bytes]]:
     """Read and claim like ``w`` without running anything: the raw claim replies."""
-    replies: list[list[bytes]] = await w.scripts.fetch(
+    marks = [x for stream in w.streams for x in (stream, "")]
+    replies: list[list[bytes]]
+    replies, _ = await w.scripts.take(
         keys=[w.keys.workflows],
-        args=[w.keys.prefix, w.id(), int(time.time() * 1000), serves(w), w.free, *w.streams],
+        args=[w.keys.prefix, w.id(), int(time.time() * 1000), serves(w), w.free, "", *marks],
     )
     return replies
 

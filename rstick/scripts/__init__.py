@@ -27,11 +27,9 @@ class Scripts:
     """redis-py Script objects (they retry on NOSCRIPT) for one client."""
 
     enqueue: Any
-    fetch: Any
-    claim: Any
+    take: Any
     complete: Any
     due: Any
-    release: Any
     reap_run: Any
     reap_entries: Any
     lead: Any

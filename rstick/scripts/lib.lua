@@ -72,7 +72,9 @@ end
 --   {"drop", run, step, reason}  stale or finished: acknowledged and deleted
 --   {"dead", "", "", reason}     not a valid rstick message: dead-lettered
 -- An unpinned sticky run is pinned here; its held roots go to this worker's stream.
-local function claim_entry(p, me, now, workflows, stream, id, kv)
+-- With `again` (an entry already delivered to this worker, see take.lua), an entry
+-- whose step already runs here at its attempt is left pending and nil returned.
+local function claim_entry(p, me, now, workflows, stream, id, kv, again)
   local f = {}
   for k = 1, #kv, 2 do f[kv[k]] = kv[k + 1] end
   local run, step, attempt, epoch, wf = f['r'], f['s'], f['a'], f['e'], f['w']
@@ -96,8 +98,12 @@ local function claim_entry(p, me, now, workflows, stream, id, kv)
 
   local rk = p .. ':run:' .. run
   local h = redis.call('HMGET', rk, 'status', 'sticky', 'worker', 'epoch', step .. '.st',
-    step .. '.a', 'held', 'reassigned', step .. '.par')
+    step .. '.a', 'held', 'reassigned', step .. '.par', 'input', step .. '.w')
   local status, sticky, pinned, cur_epoch, st, a, held = h[1], h[2], h[3], h[4], h[5], h[6], h[7]
+  if again and st == 'running' and h[11] == me and a == attempt and cur_epoch == epoch
+      and (status == 'queued' or status == 'running') then
+    return nil
+  end
   local why = nil
   if not status then
     why = 'no such run'
@@ -135,11 +141,14 @@ local function claim_entry(p, me, now, workflows, stream, id, kv)
       redis.call('HSET', rk, 'held', '')
     end
   end
-  redis.call('HSET', rk, step .. '.st', 'running', step .. '.w', me, step .. '.t0', now)
-  if status == 'queued' then redis.call('HSET', rk, 'status', 'running', 'started', now) end
+  if status == 'queued' then
+    redis.call('HSET', rk, step .. '.st', 'running', step .. '.w', me, step .. '.t0', now,
+      'status', 'running', 'started', now)
+  else
+    redis.call('HSET', rk, step .. '.st', 'running', step .. '.w', me, step .. '.t0', now)
+  end
   redis.call('XADD', p .. ':hist:' .. run, '*', 'ev', 'started', 's', step, 'w', me, 'a', attempt)
-  local res = {'run', run, step, attempt, epoch, wf, stream, id, redis.call('HGET', rk, 'input'),
-    h[8] or '0'}
+  local res = {'run', run, step, attempt, epoch, wf, stream, id, h[10], h[8] or '0'}
   if h[9] then
     local names = {}
     for name in string.gmatch(h[9], '%S+') do names[#names + 1] = name end

@@ -78,6 +78,24 @@ def count_round_trips(names: dict[str, str]) -> None:
         mod.Redis.execute_command = wrap_command(mod.Redis.execute_command)  # type: ignore[method-assign]
         mod.Pipeline.execute = wrap_pipeline(mod.Pipeline.execute)  # type: ignore[method-assign]
 
+    # The worker's blocking read goes on a bare connection of its own (rstick.blocking).
+    try:
+        from rstick.blocking import BlockingConnection
+    except ImportError:
+        return
+
+    def wrap_call(orig: Any) -> Any:
+        async def call(self: Any, commands: list[tuple[Any, ...]], *args: Any) -> Any:
+            if len(commands) == 1:
+                trips[label(commands[0])] += 1
+            else:
+                trips["PIPELINE " + "+".join(sorted({label(c) for c in commands}))] += 1
+            return await orig(self, commands, *args)
+
+        return call
+
+    BlockingConnection.call = wrap_call(BlockingConnection.call)  # type: ignore[method-assign]
+
 
 def main() -> None:
     opts = json.loads(sys.argv[1])

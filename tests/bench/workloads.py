@@ -585,7 +585,7 @@ def commands(b: Bench) -> list[Row]:
             ),
         ]
         logs = b.details["slowlog"][wf][-len(ms) :]
-        for script in ("EVALSHA fetch", "EVALSHA claim", "EVALSHA complete"):
+        for script in ("EVALSHA take", "EVALSHA fetch", "EVALSHA claim", "EVALSHA complete"):
             per_call = [x[script]["usec_per_call"] for x in logs if script in x]
             if per_call:
                 calls = logs[-1].get(script, {}).get("calls", 0)

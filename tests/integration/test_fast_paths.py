@@ -1,0 +1,126 @@
+"""The enqueue and wake-up fast paths on a real Redis: a worker blocked in
+XREADGROUP claims what it is handed in the same round trip, on its bare
+connection (rstick.blocking); enqueue sends one EVALSHA on a connection its
+thread keeps; both recover when Redis loses its scripts or the connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import threading
+import time
+from typing import Any
+
+import redis
+
+from rstick import Context, Rstick, Worker
+from rstick.blocking import BlockingConnection
+
+
+def define(app: Rstick) -> None:
+    @app.task
+    async def job(ctx: Context) -> str:
+        return ctx.worker.id()
+
+
+async def blocked(url: str, n: int = 1) -> None:
+    """Until ``n`` clients wait in a blocking XREADGROUP."""
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        for _ in range(500):
+            clients = await client.client_list()
+            if sum(c["cmd"] == "xreadgroup" and "b" in c["flags"] for c in clients) >= n:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the worker did not block")
+    finally:
+        await client.aclose()
+
+
+async def wake(w: Worker, app: Rstick, url: str) -> tuple[int, str]:
+    """Block the worker, enqueue one job, return (entries handled, run id)."""
+    fetch = asyncio.create_task(w.fetch(5000))
+    await blocked(url)
+    ref = await asyncio.to_thread(app.enqueue, "job")
+    handled = await asyncio.wait_for(fetch, 10)
+    await settle(w)
+    return handled, ref.run_id
+
+
+async def settle(w: Worker) -> None:
+    """Let the started steps end and deliver their outcomes."""
+    if w.running:
+        await asyncio.wait(list(w.running.values()))
+    await w.flush()
+
+
+def test_a_blocked_worker_claims_what_it_is_handed_on_its_own_connection(
+    app: Rstick, redis_url: str
+) -> None:
+    define(app)
+
+    async def scenario() -> None:
+        w = Worker(app, worker_id="w1", concurrency=4)
+        await w.start()
+        assert isinstance(w._blocking_connection(), BlockingConnection)
+        assert await w.fetch(None) == 0
+        for _ in range(3):
+            handled, run_id = await wake(w, app, redis_url)
+            assert handled == 1
+            assert app.get_run(run_id).status.value == "succeeded"
+        # Redis loses its scripts while the worker waits: it loads take.lua and
+        # still claims what the read delivered.
+        fetch = asyncio.create_task(w.fetch(5000))
+        await blocked(redis_url)
+        app.client.redis.script_flush()
+        ref = await asyncio.to_thread(app.enqueue, "job")
+        assert await asyncio.wait_for(fetch, 10) == 1
+        await settle(w)
+        assert app.get_run(ref.run_id).status.value == "succeeded"
+        # Its connection is killed while it waits: a transient error, then it goes on.
+        fetch = asyncio.create_task(w.fetch(5000))
+        await blocked(redis_url)
+        r = app.client.redis
+        [reader] = [c for c in r.client_list() if c["cmd"] == "xreadgroup" and "b" in c["flags"]]
+        r.client_kill_filter(_id=reader["id"])
+        with contextlib.suppress(redis.ConnectionError):
+            await asyncio.wait_for(fetch, 10)
+        handled, run_id = await wake(w, app, redis_url)
+        assert handled == 1 and app.get_run(run_id).status.value == "succeeded"
+        w.pool.shutdown(wait=True)
+
+    asyncio.run(scenario())
+
+
+def test_enqueue_recovers_from_lost_scripts_and_connections(app: Rstick) -> None:
+    define(app)
+    app.enqueue("job")  # registers the workflow
+    r = app.client.redis
+    first = app.enqueue("job")
+    assert app.client._own_connection() is not None
+    r.script_flush()
+    after_flush = app.enqueue("job")
+    r.client_kill_filter(_type="normal", skipme=True)
+    after_kill = app.enqueue("job")
+    for ref in (first, after_flush, after_kill):
+        assert app.get_run(ref.run_id).status.value == "queued"
+    assert r.zcard(app.keys.runs) == 4
+
+
+def test_a_thread_gives_its_enqueue_connection_back_when_it_ends(app: Rstick) -> None:
+    define(app)
+    app.enqueue("job")
+    pool = app.client.redis.connection_pool
+    threads = [threading.Thread(target=lambda: app.enqueue("job")) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    deadline = time.monotonic() + 5
+    while pool._in_use_connections and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.01)
+    assert not pool._in_use_connections
+    in_use: Any = pool._available_connections
+    assert 1 <= len(in_use) <= 5
