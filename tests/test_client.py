@@ -3,13 +3,11 @@ definitions registered by another process, and waiting on results."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Coroutine
-from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from drive import drain, run, started
 
 from rstick import (
     Context,
@@ -24,35 +22,6 @@ from rstick import (
     UnknownWorkflow,
     Worker,
 )
-
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
-@asynccontextmanager
-async def started(app: Rstick, *ids: str) -> AsyncIterator[list[Worker]]:
-    workers = [Worker(app, worker_id=i, concurrency=4) for i in ids]
-    for w in workers:
-        await w.start()
-    try:
-        yield workers
-    finally:
-        for w in workers:
-            w.pool.shutdown(wait=True)
-
-
-async def drain(*workers: Worker, max_rounds: int = 50) -> int:
-    """Run the workers until a whole round finds nothing to do; returns entries handled."""
-    total = 0
-    for _ in range(max_rounds):
-        handled = sum([await w.run_once() for w in workers])
-        if not handled:
-            return total
-        total += handled
-    raise AssertionError(f"workers still busy after {max_rounds} rounds")
 
 
 def define(app: Rstick) -> None:

@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
-import fakeredis
+from drive import run, sibling
 
 from rstick import AsyncRunRef, Context, Rstick, RunRef, StickyStrategy, Worker
-
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
-def sibling(app: Rstick) -> Rstick:
-    """Another app (another code base) on the same fake server and namespace."""
-    server = app.client.redis.connection_pool.connection_kwargs["server"]
-    other = Rstick(redis_url="redis://fake", namespace=app.namespace)
-    other.client.use(
-        sync=fakeredis.FakeRedis(server=server), aio=fakeredis.FakeAsyncRedis(server=server)
-    )
-    return other
 
 
 def define(app: Rstick) -> None:

@@ -6,48 +6,19 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine
-from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from drive import drain, run, started
 
 from rstick import Context, Rstick, RunFailed, RunStatus, StepStatus, StickyStrategy, Worker
 from rstick.keys import GROUP
 
-T = TypeVar("T")
 LATER = 10**7  # ms: far enough ahead that every backoff here is due
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-@asynccontextmanager
-async def started(app: Rstick, *ids: str, concurrency: int = 4) -> AsyncIterator[list[Worker]]:
-    workers = [Worker(app, worker_id=i, concurrency=concurrency) for i in ids]
-    for w in workers:
-        await w.start()
-    try:
-        yield workers
-    finally:
-        for w in workers:
-            w.pool.shutdown(wait=True)
-
-
-async def drain(*workers: Worker, max_rounds: int = 50) -> int:
-    """Run the workers until a whole round finds nothing to do; returns entries handled."""
-    total = 0
-    for _ in range(max_rounds):
-        handled = sum([await w.run_once() for w in workers])
-        if not handled:
-            return total
-        total += handled
-    raise AssertionError(f"workers still busy after {max_rounds} rounds")
 
 
 async def skip_ahead(w: Worker) -> int:

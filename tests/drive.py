@@ -1,0 +1,56 @@
+"""Driving workers on fakeredis from a test: start them, run them until idle.
+
+fakeredis cannot serve a blocking XREADGROUP, so the unit tests never run a
+worker's loops: ``drain`` calls ``Worker.run_once`` (non-blocking) round by
+round until a whole round finds nothing to do."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import fakeredis
+
+from rstick import Rstick, Worker
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@asynccontextmanager
+async def started(app: Rstick, *ids: str, concurrency: int = 4) -> AsyncIterator[list[Worker]]:
+    """Workers with these ids, registered (``start``), their pools shut at the end."""
+    workers = [Worker(app, worker_id=i, concurrency=concurrency) for i in ids]
+    for w in workers:
+        await w.start()
+    try:
+        yield workers
+    finally:
+        for w in workers:
+            w.pool.shutdown(wait=True)
+
+
+async def drain(*workers: Worker, max_rounds: int = 50) -> int:
+    """Run the workers until a whole round finds nothing to do; returns entries handled."""
+    total = 0
+    for _ in range(max_rounds):
+        handled = sum([await w.run_once() for w in workers])
+        if not handled:
+            return total
+        total += handled
+    raise AssertionError(f"workers still busy after {max_rounds} rounds")
+
+
+def sibling(app: Rstick) -> Rstick:
+    """Another app (another code base) on the same fake server and namespace."""
+    server = app.client.redis.connection_pool.connection_kwargs["server"]
+    other = Rstick(redis_url="redis://fake", namespace=app.namespace)
+    other.client.use(
+        sync=fakeredis.FakeRedis(server=server), aio=fakeredis.FakeAsyncRedis(server=server)
+    )
+    return other
