@@ -74,7 +74,7 @@ class BlockingConnection:
         """A connection like the redis-py asyncio client's, or None when its kind
         (TLS, a credential provider, RESP3, not a real server) is not served here."""
         pool = getattr(client, "connection_pool", None)
-        if not hasattr(hiredis, "pack_command") or pool is None:  # hiredis >= 2.1 packs
+        if not hasattr(hiredis, "pack_command") or pool is None:  # hiredis >= 2.2.1 packs
             return None
         kind = getattr(pool, "connection_class", None)
         kwargs = dict(getattr(pool, "connection_kwargs", {}))
