@@ -181,11 +181,11 @@ class Client:
     def _register_local(self, pipe: Any, wf: WorkflowDef) -> int:
         """A workflow defined in this process may be enqueued before any worker starts:
         register it in ``pipe``, once per client. Returns the commands added."""
-        if wf.name in self.app.workflows and wf.name not in self._registered:
-            pipe.hset(self.keys.workflows, wf.name, wf.to_json())
-            self._registered.add(wf.name)
-            return 1
-        return 0
+        if not self._needs_register(wf):
+            return 0
+        pipe.hset(self.keys.workflows, wf.name, wf.to_json())
+        self._registered.add(wf.name)
+        return 1
 
     def _needs_register(self, wf: WorkflowDef) -> bool:
         return wf.name in self.app.workflows and wf.name not in self._registered
@@ -363,10 +363,10 @@ class Client:
         wf = await self.adefinition(workflow)
         run_id = run_id or new_run_id()
         keys, args = self.enqueue_args(wf, run_id, input, delay=delay, pin=pin, parent=parent)
-        if self._needs_register(wf):
+        if self._needs_register(wf):  # no pipeline object on the common path
             pipe = self.aredis.pipeline(transaction=False)
-            if self._register_local(pipe, wf):
-                await pipe.execute()
+            self._register_local(pipe, wf)
+            await pipe.execute()
         # One EVALSHA, one round trip (the Script loads itself on NOSCRIPT).
         self._checked(wf, await self.ascripts.enqueue(keys=keys, args=args))
         return AsyncRunRef(self, run_id)

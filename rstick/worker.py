@@ -102,6 +102,12 @@ class Worker:
         self.running: dict[str, asyncio.Task[None]] = {}
         self.outcomes: list[list[Any]] = []
         self._flushing: list[list[Any]] = []  # the batch the complete script is applying
+        # The marks of the last take that left slots free (see take.lua), while they
+        # hold: with them the worker may block in XREADGROUP and claim what the read
+        # delivers in the same round trip. Only fetch() reads entries.
+        self._marks: list[Any] | None = None
+        # The blocking read's connection, and the client it was made for.
+        self._blocking: tuple[Any, BlockingConnection | None] | None = None
         self.stopping = False
         self.steps_done = 0
         self._lent = 0
@@ -375,11 +381,6 @@ class Worker:
         )
         return moved
 
-    # The marks of the last take that left slots free (see take.lua), while they hold:
-    # with them the worker may block in XREADGROUP and claim what the read delivers in
-    # the same round trip. Only fetch() reads entries, so nothing else delivers any.
-    _marks: list[Any] | None = None
-
     async def fetch(self, block_ms: int | None) -> int:
         """Take up to ``free`` entries and start their steps; returns entries handled.
 
@@ -477,11 +478,9 @@ class Worker:
         """The connection of this worker's blocking reads (``blocking.py``), made for
         the client in use; None when that client is served by a redis-py pipeline."""
         client = self.redis
-        made: tuple[Any, BlockingConnection | None] | None = self.__dict__.get("_blocking")
-        if made is None or made[0] is not client:
-            made = (client, BlockingConnection.for_client(client))
-            self.__dict__["_blocking"] = made
-        return made[1]
+        if self._blocking is None or self._blocking[0] is not client:
+            self._blocking = (client, BlockingConnection.for_client(client))
+        return self._blocking[1]
 
     def _start(self, reply: list[Any]) -> None:
         """Start the step a claim reply hands us; log the entries it did not."""

@@ -54,3 +54,13 @@ def sibling(app: Rstick) -> Rstick:
         sync=fakeredis.FakeRedis(server=server), aio=fakeredis.FakeAsyncRedis(server=server)
     )
     return other
+
+
+def run_until_idle(app: Rstick, *ids: str, concurrency: int = 4) -> int:
+    """Start workers with these ids and drain them; returns entries handled."""
+
+    async def go() -> int:
+        async with started(app, *ids, concurrency=concurrency) as workers:
+            return await drain(*workers)
+
+    return run(go())

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from drive import drain, run, started
+from drive import drain, run, run_until_idle, started
 
 from rstick import (
     Context,
@@ -246,11 +246,7 @@ def test_result_of_a_failed_run_raises_run_failed(app: Rstick) -> None:
     define(app)
     ref = app.enqueue("Flow", {"fail": 42})
 
-    async def scenario() -> None:
-        async with started(app, "w1") as [w1]:
-            await drain(w1)
-
-    run(scenario())
+    run_until_idle(app, "w1")
     with pytest.raises(RunFailed) as info:
         ref.result(timeout=1)
     err = info.value

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from drive import drain, run, started
+from drive import drain, run, run_until_idle, started
 
 from rstick import Context, Rstick, RunCancelled, RunFailed, StepStatus, StickyStrategy, Worker
 from rstick.keys import GROUP
@@ -507,9 +507,5 @@ def test_an_entry_with_binary_fields_does_not_stop_the_worker(app: Rstick, redis
     redis.xadd(queue, {"r": b"\xff\xfe", "s": "add", "a": "1", "e": "0", "w": "add"})
     ref = app.enqueue("add", {"x": 2, "y": 3})
 
-    async def scenario() -> None:
-        async with started(app, "w1") as [w1]:
-            await drain(w1)
-
-    run(scenario())
+    run_until_idle(app, "w1")
     assert ref.result(timeout=1) == 5

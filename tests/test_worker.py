@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import pytest
-from drive import drain, run, started
+from drive import drain, run, run_until_idle, started
 
 from rstick import Context, Rstick, RunFailed, RunStatus, StepStatus, StickyStrategy, Worker
 from rstick.keys import GROUP
@@ -161,11 +161,7 @@ def test_a_non_serializable_output_fails_the_step_naming_the_path(app: Rstick) -
 
     ref = app.enqueue("Bad")
 
-    async def scenario() -> None:
-        async with started(app, "w1") as [w1]:
-            await drain(w1)
-
-    run(scenario())
+    run_until_idle(app, "w1")
     with pytest.raises(RunFailed) as info:
         ref.result(timeout=1)
     assert (info.value.step, info.value.error_type) == ("a", "SerializationError")
@@ -183,11 +179,7 @@ def test_a_step_raising_cancelled_error_fails_instead_of_hanging(app: Rstick) ->
 
     ref = app.enqueue("cancels")
 
-    async def scenario() -> None:
-        async with started(app, "w1") as [w1]:
-            await drain(w1)
-
-    run(scenario())
+    run_until_idle(app, "w1")
     assert ref.status() is RunStatus.FAILED
     with pytest.raises(RunFailed, match="CancelledError"):
         ref.result(timeout=1)
@@ -272,11 +264,7 @@ def test_the_context_describes_the_step(app: Rstick) -> None:
 
     ref = app.enqueue("Ctx", {"in": [1]})
 
-    async def scenario() -> None:
-        async with started(app, "w1") as [w1]:
-            await drain(w1)
-
-    run(scenario())
+    run_until_idle(app, "w1")
     assert ref.status() is RunStatus.SUCCEEDED
     assert seen == {
         "run_id": ref.run_id,
@@ -420,11 +408,7 @@ def test_a_corrupt_input_fails_the_step_and_is_dead_lettered(app: Rstick) -> Non
     ref = app.enqueue("job", {"x": 1})
     app.client.redis.hset(app.keys.run(ref.run_id), "input", b"\xc1")  # not msgpack
 
-    async def scenario() -> None:
-        async with started(app, "w1") as [w1]:
-            await drain(w1)
-
-    run(scenario())
+    run_until_idle(app, "w1")
     with pytest.raises(RunFailed) as info:
         ref.result(timeout=1)
     assert info.value.error_type == "CorruptPayload"
