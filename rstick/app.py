@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .errors import DefinitionError
@@ -21,6 +22,8 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_URL = "redis://localhost:6379/0"
+DEFAULT_SCHEDULE_TIMEOUT = 300.0  # seconds a HARD run waits for its worker
+DEFAULT_DEAD_MAXLEN = 10_000  # dead letters kept; older ones are trimmed
 _STEP_ATTR = "__rstick_step__"
 
 
@@ -54,12 +57,15 @@ class WorkflowDef:
     schedule_timeout: float = 300.0
     is_task: bool = False
     cls: type | None = None
+    retention: float | None = None  # seconds a finished run stays; None: the app's
 
     @property
     def roots(self) -> list[str]:
         return [s.name for s in self.steps.values() if not s.parents]
 
     def to_json(self) -> str:
+        """The definition as workers register it: what a client without the code
+        needs to enqueue a run exactly as one with the code would."""
         return json.dumps(
             {
                 "name": self.name,
@@ -68,12 +74,15 @@ class WorkflowDef:
                 "events": list(self.on_events),
                 "task": self.is_task,
                 "schedule_timeout": self.schedule_timeout,
+                "retention": self.retention,
                 "steps": [
                     {
                         "name": s.name,
                         "parents": list(s.parents),
                         "retries": s.retries,
                         "timeout": s.timeout,
+                        "backoff": s.backoff,
+                        "schedule_timeout": s.schedule_timeout,
                     }
                     for s in self.steps.values()
                 ],
@@ -85,7 +94,15 @@ class WorkflowDef:
         """A definition read back from Redis: enough to enqueue, not to run."""
         d = json.loads(data)
         steps = {
-            s["name"]: StepDef(s["name"], _remote_step, tuple(s["parents"]), s.get("retries", 0))
+            s["name"]: StepDef(
+                s["name"],
+                _remote_step,
+                tuple(s["parents"]),
+                s.get("retries", 0),
+                s.get("timeout"),
+                s.get("backoff", 1.0),
+                s.get("schedule_timeout"),
+            )
             for s in d["steps"]
         }
         return cls(
@@ -94,8 +111,9 @@ class WorkflowDef:
             sticky=StickyStrategy(d["sticky"]),
             queue=d["queue"],
             on_events=tuple(d.get("events", ())),
-            schedule_timeout=float(d.get("schedule_timeout", 300.0)),
+            schedule_timeout=float(d.get("schedule_timeout", DEFAULT_SCHEDULE_TIMEOUT)),
             is_task=bool(d.get("task", False)),
+            retention=d.get("retention"),
         )
 
 
@@ -191,6 +209,7 @@ class Rstick:
     worker_ttl: float = 10.0  # a worker is dead after this long without one
     retention: float = 86400.0  # seconds a finished run stays readable
     max_deliveries: int = 5  # a step that lost its worker this often is dead-lettered
+    dead_maxlen: int = DEFAULT_DEAD_MAXLEN  # dead letters kept (about: trimmed in blocks)
     workflows: dict[str, WorkflowDef] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -198,6 +217,8 @@ class Rstick:
         self.namespace = self.namespace or os.environ.get("RSTICK_NAMESPACE") or "rstick"
         if self.worker_ttl <= self.heartbeat:
             raise ValueError("worker_ttl must be longer than heartbeat")
+        if self.dead_maxlen < 1:
+            raise ValueError("dead_maxlen must be >= 1")
         self._client: Client | None = None
 
     @property
@@ -272,9 +293,13 @@ class Rstick:
         on_events: Iterable[str] = (),
         queue: str = "default",
         name: str | None = None,
-        schedule_timeout: float = 300.0,
+        schedule_timeout: float = DEFAULT_SCHEDULE_TIMEOUT,
+        retention: float | None = None,
     ) -> Callable[[type[T]], type[T]]:
-        """Register a class whose ``@app.step`` methods form a workflow."""
+        """Register a class whose ``@app.step`` methods form a workflow.
+
+        ``retention``: seconds a finished run stays readable (default: the app's).
+        """
         _check_name("queue", queue)
 
         def register(cls: type[T]) -> type[T]:
@@ -298,6 +323,7 @@ class Rstick:
                     tuple(on_events),
                     schedule_timeout,
                     cls=cls,
+                    retention=retention,
                 )
             )
             return cls
@@ -318,6 +344,7 @@ class Rstick:
         queue: str = "default",
         name: str | None = None,
         on_events: Iterable[str] = (),
+        retention: float | None = None,
     ) -> Callable[[F], F]: ...
 
     def task(
@@ -330,10 +357,13 @@ class Rstick:
         queue: str = "default",
         name: str | None = None,
         on_events: Iterable[str] = (),
+        retention: float | None = None,
     ) -> Any:
         """A one-step workflow from a function ``fn(ctx, **input)``: a plain job.
 
-        ``@app.task`` and ``@app.task(...)`` both work.
+        ``@app.task`` and ``@app.task(...)`` both work. ``retention``: seconds a
+        finished run stays readable (default: the app's; 0 for fire-and-forget jobs
+        whose result nobody reads).
         """
         _check_retries(retries)
         _check_name("queue", queue)
@@ -349,6 +379,7 @@ class Rstick:
                     queue,
                     tuple(on_events),
                     is_task=True,
+                    retention=retention,
                 )
             )
             return fn
@@ -356,8 +387,12 @@ class Rstick:
         return register(fn) if fn is not None else register
 
     def _add(self, wf: WorkflowDef) -> None:
+        if wf.retention is not None and not (wf.retention >= 0 and math.isfinite(wf.retention)):
+            raise DefinitionError(f"workflow {wf.name!r}: retention must be >= 0 seconds")
         if wf.name in self.workflows:
             raise DefinitionError(f"workflow {wf.name!r} is defined twice")
+        if wf.retention is None:  # registered as resolved: `rstick reap` trims by it
+            wf = replace(wf, retention=self.retention)
         self.workflows[wf.name] = wf
 
     # -- the client side ---------------------------------------------------

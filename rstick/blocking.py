@@ -68,6 +68,10 @@ class BlockingConnection:
         self._transport: asyncio.Transport | None = None
         self._protocol: _Protocol | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected_before = False
+        # Set when a connection replaced one that was lost: a reply may have been lost
+        # with it (the worker then recovers its stranded entries). Cleared by the worker.
+        self.reconnected = False
 
     @classmethod
     def for_client(cls, client: Any) -> BlockingConnection | None:
@@ -105,6 +109,8 @@ class BlockingConnection:
         except OSError as exc:
             raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
         self._transport, self._protocol, self._loop = transport, protocol, loop
+        self.reconnected = self.reconnected or self._connected_before
+        self._connected_before = True
         hello: list[tuple[Any, ...]] = []
         if self.kwargs.get("password"):
             user = self.kwargs.get("username")

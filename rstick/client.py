@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import os
 import threading
 import time
@@ -116,6 +118,7 @@ class Client:
         self._registered: set[str] = set()
         self._local = threading.local()
         self._fields: dict[tuple[str, bool], _Fields] = {}
+        self._injected = False  # clients given to use(): tests on fakeredis
 
     # -- connections -------------------------------------------------------
 
@@ -145,9 +148,21 @@ class Client:
             self._async_scripts = Scripts.register(self.aredis)
         return self._async_scripts
 
+    def dedicated(self, timeout: float) -> tuple[Any, Scripts]:
+        """A sync client of its own, whose commands give up after ``timeout`` seconds,
+        and its scripts: for a worker's heartbeat thread, which must not wait behind
+        other users of the pool. A client given to ``use`` is shared instead."""
+        if self._injected:
+            return self.redis, self.scripts
+        client = Redis.from_url(
+            str(self.app.redis_url), socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        return client, Scripts.register(client)
+
     def use(self, sync: Redis | None = None, aio: aioredis.Redis | None = None) -> None:
         """Use these clients instead of connecting to ``redis_url`` (tests, fakeredis)."""
         if sync is not None:
+            self._injected = True
             self._sync, self._sync_scripts = sync, None
         if aio is not None:
             self._async, self._async_scripts = aio, None
@@ -217,11 +232,11 @@ class Client:
         parent: tuple[str, str] = ("", ""),
     ) -> _Call:
         data = pack(input, "input")
-        now = int(time.time() * 1000)
-        due = now + int(delay * 1000) if delay > 0 else 0
-        head = [self.keys.prefix, run_id, wf.name, wf.queue, pin, *parent, now, due]
-        tail = ["worker", pin, "input", data, "created", now, "parent_run", parent[0]]
-        tail += ["parent_step", parent[1], "retention", int(self.app.retention)]
+        delay_ms = int(delay * 1000) if delay > 0 else 0
+        head = [self.keys.prefix, run_id, wf.name, wf.queue, pin, *parent, delay_ms]
+        tail = ["worker", pin, "input", data, "parent_run", parent[0], "parent_step", parent[1]]
+        if pin and parent[0]:  # a sticky child: it goes where its parent goes (reap_run.lua)
+            tail += ["sticky_child", "1"]
         return _Call(run_id, head, self.run_fields(wf, pinned=bool(pin)), tail)
 
     def run_fields(self, wf: WorkflowDef, *, pinned: bool) -> _Fields:
@@ -243,6 +258,8 @@ class Client:
         args += ["wf", wf.name, "kind", "task" if wf.is_task else "workflow", "status", "queued"]
         args += ["sticky", wf.sticky.value, "queue", wf.queue, "epoch", "0"]
         args += ["left", len(wf.steps), "sto", wf.schedule_timeout]
+        retention = wf.retention if wf.retention is not None else self.app.retention
+        args += ["retention", int(retention)]
         for s in wf.steps.values():
             root = not s.parents
             args += [f"{s.name}.st", "queued" if root else "waiting"]
@@ -259,6 +276,17 @@ class Client:
         if (result.decode() if isinstance(result, bytes) else result) == "unknown":
             self._defs.pop(wf.name, None)
             raise UnknownWorkflow(wf.name)
+
+    def _unknown(self, wf: WorkflowDef, results: list[Any]) -> list[int]:
+        """The calls refused as "unknown workflow" that registering ``wf`` heals: it is
+        defined here, and Redis lost the registry (a restart without persistence, a
+        FLUSHDB, a failover) after this client registered it."""
+        if wf.name not in self.app.workflows:
+            return []
+        unknown = [i for i, r in enumerate(results) if r in (b"unknown", "unknown")]
+        if unknown:
+            self._registered.discard(wf.name)
+        return unknown
 
     def enqueue(
         self,
@@ -322,12 +350,14 @@ class Client:
                 pipe.evalsha(script.sha, 1, key, *call.args)
             results = pipe.execute(raise_on_error=False)[skip:]
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        missing += self._unknown(wf, results)
         if missing:
             script.sha = self.redis.script_load(script.script)
             pipe = self.redis.pipeline(transaction=False)
+            skip = self._register_local(pipe, wf)
             for i in missing:
                 pipe.evalsha(script.sha, 1, key, *calls[i].args)
-            for i, result in zip(missing, pipe.execute(raise_on_error=False), strict=True):
+            for i, result in zip(missing, pipe.execute(raise_on_error=False)[skip:], strict=True):
                 results[i] = result
         for result in results:
             if isinstance(result, Exception):
@@ -363,12 +393,16 @@ class Client:
         wf = await self.adefinition(workflow)
         run_id = run_id or new_run_id()
         keys, args = self.enqueue_args(wf, run_id, input, delay=delay, pin=pin, parent=parent)
-        if self._needs_register(wf):  # no pipeline object on the common path
-            pipe = self.aredis.pipeline(transaction=False)
-            self._register_local(pipe, wf)
-            await pipe.execute()
-        # One EVALSHA, one round trip (the Script loads itself on NOSCRIPT).
-        self._checked(wf, await self.ascripts.enqueue(keys=keys, args=args))
+        for _ in range(2):  # a second time only to register wf again (see _unknown)
+            if self._needs_register(wf):  # no pipeline object on the common path
+                pipe = self.aredis.pipeline(transaction=False)
+                self._register_local(pipe, wf)
+                await pipe.execute()
+            # One EVALSHA, one round trip (the Script loads itself on NOSCRIPT).
+            result = await self.ascripts.enqueue(keys=keys, args=args)
+            if not self._unknown(wf, [result]):
+                break
+        self._checked(wf, result)
         return AsyncRunRef(self, run_id)
 
     # -- events ------------------------------------------------------------
@@ -426,11 +460,15 @@ class Client:
         return out
 
     def list_runs(self, status: str | None = None, limit: int = 20) -> list[Run]:
-        """Most recent runs first; with ``status``, only those (scans at most 10,000)."""
-        ids = [
-            i.decode()
-            for i in self.redis.zrevrange(self.keys.runs, 0, 9999 if status else limit - 1)
-        ]
+        """Most recent runs first, across workflows; with ``status``, only those
+        (looks at the 10,000 most recent)."""
+        scan = 10_000 if status else limit
+        pipe = self.redis.pipeline(transaction=False)
+        names = sorted(k.decode() for k in self.redis.hkeys(self.keys.workflows))
+        for name in names:
+            pipe.zrevrange(self.keys.runs(name), 0, scan - 1, withscores=True)
+        newest = heapq.merge(*pipe.execute(), key=lambda m: -m[1])
+        ids = [m.decode() for m, _ in itertools.islice(newest, scan)]
         runs: list[Run] = []
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
@@ -445,28 +483,28 @@ class Client:
         return runs
 
     def list_workers(self) -> list[WorkerInfo]:
-        now = time.time()
-        beats = self.redis.zrange(self.keys.workers, 0, -1, withscores=True)
+        """Every registered worker, alive or not, judged by Redis's clock."""
         pipe = self.redis.pipeline(transaction=False)
-        for wid, _ in beats:
+        pipe.time()
+        pipe.zrange(self.keys.workers, 0, -1, withscores=True)
+        (seconds, micros), deadlines = pipe.execute()
+        now = int(seconds) + int(micros) / 1e6
+        pipe = self.redis.pipeline(transaction=False)
+        for wid, _ in deadlines:
             pipe.hgetall(self.keys.worker(wid.decode()))
             pipe.scard(self.keys.pinned(wid.decode()))
         replies = pipe.execute()
         workers = []
-        for n, (wid, beat) in enumerate(beats):
+        for n, (wid, deadline) in enumerate(deadlines):
             info, pinned = replies[2 * n], replies[2 * n + 1]
-            workers.append(
-                WorkerInfo.from_hash(
-                    wid.decode(), info, beat / 1000, pinned, now, self.app.worker_ttl
-                )
-            )
+            workers.append(WorkerInfo.from_hash(wid.decode(), info, deadline / 1000, pinned, now))
         return workers
 
     def cancel(self, run_id: str, reason: str = "cancelled by user") -> str:
         """Cancel a run that has not finished; returns its status afterwards."""
         status: bytes = self.scripts.cancel(
             keys=[self.keys.workflows],
-            args=[self.keys.prefix, run_id, int(time.time() * 1000), reason],
+            args=[self.keys.prefix, run_id, reason],
         )
         if not status:
             raise RunNotFound(run_id)

@@ -35,6 +35,15 @@ class SchedulingTimeout(RstickError):
     """A HARD run's worker did not come back before the run's deadline."""
 
 
+class WorkerIdInUse(RstickError):
+    """Another live process runs a worker with this id."""
+
+    def __init__(self, worker_id: str, holder: str) -> None:
+        super().__init__(f"worker id {worker_id} is in use by {holder}")
+        self.worker_id = worker_id
+        self.holder = holder
+
+
 class RunNotFound(RstickError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"run {run_id!r} not found")

@@ -31,10 +31,19 @@ class Keys:
     def dead(self) -> str:
         return f"{self.prefix}:dead"
 
+    def runs(self, workflow: str) -> str:
+        """Zset of a workflow's run ids by creation time, for `runs list`; trimmed by
+        the reaper past the workflow's retention."""
+        return f"{self.prefix}:runs:{workflow}"
+
     @property
-    def runs(self) -> str:
-        """Zset of run ids by creation time, for `runs list`."""
-        return f"{self.prefix}:runs"
+    def waiting(self) -> str:
+        """Set of the workflows whose runs wait for a worker with their code."""
+        return f"{self.prefix}:waiting"
+
+    def wait(self, workflow: str) -> str:
+        """Stream of the entries of a workflow that wait for a worker with its code."""
+        return f"{self.prefix}:wait:{workflow}"
 
     @property
     def leader(self) -> str:

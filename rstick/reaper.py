@@ -15,7 +15,6 @@ every script re-checks the worker's heartbeat and the run's state itself.
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -34,6 +33,11 @@ log = logging.getLogger("rstick.reaper")
 Mode = Literal["dead", "restart"]
 BATCH = 100
 MAX_ROUNDS = 1000  # bounded loops: 100,000 entries per stream per pass
+DEAD_PER_PASS = 100  # dead workers settled per pass; the next pass takes the rest
+# How long a forgotten worker's record stays, marked reaped: a process that wakes
+# from a pause shorter than this learns it was declared dead (not that Redis lost
+# its data) and rejoins.
+TOMBSTONE_SECONDS = 7 * 86400
 
 
 @dataclass
@@ -74,22 +78,19 @@ class Reaper:
         self.app = app
         self.keys = app.keys
         self.worker_id = worker_id
-        self.ttl_ms = int(app.worker_ttl * 1000)
-        self._errors = (
-            pack(
-                {
-                    "type": "SchedulingTimeout",
-                    "tb": "",
-                    "message": "the run's worker did not come back before its schedule_timeout",
-                }
-            ),
-            pack(
-                {
-                    "type": "PoisonMessage",
-                    "tb": "",
-                    "message": f"the step lost its worker {app.max_deliveries} times",
-                }
-            ),
+        self._poison = pack(
+            {
+                "type": "PoisonMessage",
+                "tb": "",
+                "message": f"the step lost its worker {app.max_deliveries} times",
+            }
+        )
+        self._timeout = pack(
+            {
+                "type": "SchedulingTimeout",
+                "tb": "",
+                "message": "the run's worker did not come back before its schedule_timeout",
+            }
         )
 
     @property
@@ -100,25 +101,26 @@ class Reaper:
     def scripts(self) -> Any:
         return self.app.client.ascripts
 
-    async def lead(self) -> bool:
-        """Take or renew the leader lock (its TTL outlives two heartbeats)."""
-        ttl = int(self.app.heartbeat * 3000)
-        return bool(await self.scripts.lead(keys=[self.keys.leader], args=[self.worker_id, ttl]))
+    async def reap(self, *, lead: bool = True) -> ReapReport:
+        """Settle every dead worker, fail what waited too long for a worker with its
+        code, and trim the runs index past each workflow's retention.
 
-    async def dead_workers(self, now: int) -> list[str]:
-        ids = await self.redis.zrangebyscore(self.keys.workers, "-inf", now - self.ttl_ms)
-        return [i.decode() for i in ids]
-
-    async def reap(self) -> ReapReport:
-        """Settle every dead worker, and trim the index of runs past retention."""
-        now = int(time.time() * 1000)
+        With ``lead``, only if this worker holds (or takes) the leader lock, whose
+        TTL outlives two heartbeats; ``rstick reap`` reaps without it."""
         report = ReapReport()
-        for worker in await self.dead_workers(now):
+        ttl = int(self.app.heartbeat * 3000)
+        got = await self.scripts.lead(
+            keys=[self.keys.leader],
+            args=[self.keys.prefix, self.worker_id if lead else "", ttl, DEAD_PER_PASS],
+        )
+        if not got:
+            return report
+        for raw in got[1:]:
+            worker = raw.decode()
             report.dead_workers.append(worker)
             await self.reap_worker(worker, "dead", report)
-        await self.redis.zremrangebyscore(
-            self.keys.runs, "-inf", now - int(self.app.retention * 1000)
-        )
+        await self.reap_waiting(report)
+        await self.trim_runs()
         if report:
             log.info("reaped: %s", report.summary())
         return report
@@ -129,37 +131,12 @@ class Reaper:
         """Settle one worker's pinned runs and the entries it held.
 
         ``dead``: it stopped beating (every script checks again, atomically).
-        ``restart``: it is this process, starting again under the same id.
+        ``restart``: it is this process, starting again under the same id: nothing
+        of it runs yet, so every entry pending on it is stranded.
         """
         report = report if report is not None else ReapReport()
-        now = int(time.time() * 1000)
-        deadline = now - self.ttl_ms
-        common = [self.keys.prefix, worker]
-        wf = [self.keys.workflows]
-        timeout_err, poison_err = self._errors
-
-        for run in await self._members(self.keys.pinned(worker)):
-            action = (
-                await self.scripts.reap_run(
-                    keys=wf,
-                    args=[
-                        *common,
-                        run,
-                        mode,
-                        now,
-                        deadline,
-                        self.app.max_deliveries,
-                        timeout_err,
-                        poison_err,
-                    ],
-                )
-            ).decode()
-            if action == "alive":
-                return report
-            if action != "gone":
-                report.runs[action].append(run)
-                log.info("run %s of worker %s: %s", run, worker, action)
-
+        if not await self._runs(worker, mode, report):
+            return report
         queues = await self._queues(worker)
         streams = [self.keys.personal(worker), *(self.keys.queue(q) for q in queues)]
         for stream in streams:
@@ -173,9 +150,7 @@ class Reaper:
                 if not pending:
                     break
                 ids = [p["message_id"] for p in pending]
-                if not await self._entries(
-                    worker, stream, "pending", mode, now, deadline, ids, report
-                ):
+                if not await self._entries(worker, stream, "pending", mode, ids, report):
                     return report
 
         if mode == "dead":
@@ -186,22 +161,57 @@ class Reaper:
                 if not batch:
                     break
                 ids = [entry_id for entry_id, _ in batch]
-                if not await self._entries(
-                    worker, personal, "scan", mode, now, deadline, ids, report
-                ):
+                if not await self._entries(worker, personal, "scan", mode, ids, report):
                     return report
                 start = "(" + ids[-1].decode()
-            if await self.scripts.forget(keys=wf, args=[*common, deadline, *queues]):
+            removed = await self.scripts.forget(
+                keys=[self.keys.workflows],
+                args=[self.keys.prefix, worker, TOMBSTONE_SECONDS, *queues],
+            )
+            if removed:
                 report.removed_workers.append(worker)
                 log.info("worker %s removed: nothing of it is left", worker)
         return report
 
+    async def resume(self, worker: str) -> ReapReport:
+        """A worker rejoining while it runs steps: unpark its HARD runs. Its pending
+        entries are its own to sort out (``Worker.recover_stranded``): the ones it
+        runs are not lost."""
+        report = ReapReport()
+        await self._runs(worker, "restart", report)
+        return report
+
+    async def _runs(self, worker: str, mode: Mode, report: ReapReport) -> bool:
+        """reap_run.lua for each run pinned to the worker; False if it is alive."""
+        for run in await self._members(self.keys.pinned(worker)):
+            action = (
+                await self.scripts.reap_run(
+                    keys=[self.keys.workflows],
+                    args=[
+                        self.keys.prefix,
+                        worker,
+                        run,
+                        mode,
+                        self.app.max_deliveries,
+                        self._timeout,
+                        self._poison,
+                        self.app.dead_maxlen,
+                    ],
+                )
+            ).decode()
+            if action == "alive":
+                return False
+            if action != "gone":
+                report.runs[action].append(run)
+                log.info("run %s of worker %s: %s", run, worker, action)
+        return True
+
     async def settle_entries(
-        self, worker: str, stream: str, ids: list[bytes], now: int, report: ReapReport
+        self, worker: str, stream: str, ids: list[bytes], report: ReapReport
     ) -> None:
         """Dispatch again entries pending on a live ``worker`` that it is not running
         (their reply was lost with the connection): as at a restart."""
-        await self._entries(worker, stream, "pending", "restart", now, 0, ids, report)
+        await self._entries(worker, stream, "pending", "restart", ids, report)
 
     async def _entries(
         self,
@@ -209,8 +219,6 @@ class Reaper:
         stream: str,
         kind: str,
         mode: Mode,
-        now: int,
-        deadline: int,
         ids: list[bytes],
         report: ReapReport,
     ) -> bool:
@@ -223,10 +231,9 @@ class Reaper:
                 stream,
                 kind,
                 mode,
-                now,
-                deadline,
                 self.app.max_deliveries,
-                self._errors[1],
+                self._poison,
+                self.app.dead_maxlen,
                 *ids,
             ],
         )
@@ -235,6 +242,38 @@ class Reaper:
         report.redispatched += int(res[0])
         report.deleted += int(res[1])
         return True
+
+    async def reap_waiting(self, report: ReapReport) -> None:
+        """Fail the steps that waited past their schedule_timeout for a worker with
+        their workflow's code while live workers served their queue (reap_waiting.lua)."""
+        for raw in await self.redis.smembers(self.keys.waiting):
+            workflow = raw.decode()
+            error = pack(
+                {
+                    "type": "SchedulingTimeout",
+                    "tb": "",
+                    "message": f"no live worker has the code of workflow {workflow!r} "
+                    "(it waited longer than its schedule_timeout)",
+                }
+            )
+            failed = await self.scripts.reap_waiting(
+                keys=[self.keys.workflows],
+                args=[self.keys.prefix, workflow, error, BATCH],
+            )
+            for run in failed:
+                report.runs["timed out waiting for code"].append(run.decode())
+
+    async def trim_runs(self) -> None:
+        """Drop from each workflow's runs index what is past its retention."""
+        seconds, micros = await self.redis.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        definitions = await self.redis.hgetall(self.keys.workflows)
+        pipe = self.redis.pipeline(transaction=False)
+        for name, raw in definitions.items():
+            retention = WorkflowDef.from_json(raw).retention or self.app.retention
+            cutoff = now_ms - int(retention * 1000)
+            pipe.zremrangebyscore(self.keys.runs(name.decode()), "-inf", cutoff)
+        await pipe.execute()
 
     async def _members(self, key: str) -> list[str]:
         out: list[str] = []

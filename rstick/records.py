@@ -114,6 +114,9 @@ class Run:
     is_task: bool = False
     reassigned: bool = False
     children: list[str] = field(default_factory=list)
+    # Why the run cannot go on now, and since when: {"reason": "no_worker_with_code",
+    # "since": seconds}. None while it can.
+    waiting: dict[str, Any] | None = None
 
     @classmethod
     def from_hash(cls, run_id: str, raw: dict[bytes, bytes]) -> Run:
@@ -149,6 +152,9 @@ class Run:
             is_task=_s(raw, "kind") == "task",
             reassigned=_s(raw, "reassigned") == "1",
             children=sorted(k.decode()[2:] for k in raw if k.startswith(b"c.")),
+            waiting={"reason": _s(raw, "waiting"), "since": _ms(raw, "waiting_since")}
+            if raw.get(b"waiting")
+            else None,
         )
 
     def step(self, name: str) -> StepState:
@@ -173,6 +179,7 @@ class Run:
             "parent": self.parent,
             "children": self.children,
             "parked_until": self.parked_until,
+            "waiting": self.waiting,
             "steps": [s.to_json() for s in self.steps],
         }
 
@@ -193,15 +200,10 @@ class WorkerInfo:
 
     @classmethod
     def from_hash(
-        cls,
-        worker_id: str,
-        raw: dict[bytes, bytes],
-        beat: float,
-        pinned: int,
-        now: float,
-        default_ttl: float,
+        cls, worker_id: str, raw: dict[bytes, bytes], deadline: float, pinned: int, now: float
     ) -> WorkerInfo:
-        """A worker as stored in ``{ns}:worker:<id>``, with its heartbeat and pinned count."""
+        """A worker as stored in ``{ns}:worker:<id>``, with its heartbeat deadline and
+        pinned count; ``now`` and ``deadline`` are Redis's time, in seconds."""
         return cls(
             worker_id=worker_id,
             host=_s(raw, "host"),
@@ -211,8 +213,8 @@ class WorkerInfo:
             running=int(_s(raw, "running", "0")),
             pinned=pinned,
             started_at=_ms(raw, "started"),
-            last_heartbeat=beat,
-            alive=now - beat <= float(_s(raw, "ttl", str(default_ttl))),
+            last_heartbeat=_ms(raw, "beat"),
+            alive=deadline > now and not raw.get(b"reaped"),
             workflows=_s(raw, "workflows").split(),
         )
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import fakeredis
 import pytest
+from clock import FakeClock
 
 from rstick import Rstick
 
@@ -22,6 +24,14 @@ def _on(server: Any, namespace: str) -> Rstick:
         aio=fakeredis.FakeAsyncRedis(server=server),
     )
     return app
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """fakeredis's clock, which moves only when the test says (see clock.py)."""
+    fake = FakeClock(float(int(time.time())))
+    fake.install(monkeypatch)
+    return fake
 
 
 @pytest.fixture

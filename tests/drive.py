@@ -32,13 +32,19 @@ async def started(app: Rstick, *ids: str, concurrency: int = 4) -> AsyncIterator
         yield workers
     finally:
         for w in workers:
-            w.pool.shutdown(wait=True)
+            w.threads.shutdown()
+            # The process is gone: its heartbeat has lapsed, and the same id may start
+            # again at once (the clock does not move by itself in these tests).
+            await w.redis.zadd(w.keys.workers, {w.id(): 0})
 
 
 async def drain(*workers: Worker, max_rounds: int = 50) -> int:
-    """Run the workers until a whole round finds nothing to do; returns entries handled."""
+    """Run the workers until a whole round finds nothing to do; returns entries handled.
+    Each beats first, as its heartbeat thread would (the test's clock may have moved)."""
     total = 0
     for _ in range(max_rounds):
+        for w in workers:
+            await w.beat()
         handled = sum([await w.run_once() for w in workers])
         if not handled:
             return total

@@ -272,9 +272,11 @@ def test_retry_delay_doubles_and_is_capped() -> None:
 
 
 def test_definition_round_trips_through_json(app: Rstick) -> None:
-    @app.workflow(sticky=StickyStrategy.SOFT, on_events=["e"], queue="q", schedule_timeout=9.0)
+    @app.workflow(
+        sticky=StickyStrategy.SOFT, on_events=["e"], queue="q", schedule_timeout=9.0, retention=60
+    )
     class Dag:
-        @app.step(retries=1)
+        @app.step(retries=1, timeout=2.0, backoff=3.0, schedule_timeout=5.0)
         def a(self, ctx: Context) -> None: ...
 
         @app.step(parents=["a"])
@@ -282,7 +284,14 @@ def test_definition_round_trips_through_json(app: Rstick) -> None:
 
     raw = app.workflows["Dag"].to_json()
     data: dict[str, Any] = json.loads(raw)
-    assert data["steps"][1] == {"name": "b", "parents": ["a"], "retries": 0, "timeout": None}
+    assert data["steps"][1] == {
+        "name": "b",
+        "parents": ["a"],
+        "retries": 0,
+        "timeout": None,
+        "backoff": 1.0,
+        "schedule_timeout": None,
+    }
     remote = WorkflowDef.from_json(raw)
     assert (remote.name, remote.sticky, remote.queue, remote.on_events) == (
         "Dag",
@@ -290,9 +299,29 @@ def test_definition_round_trips_through_json(app: Rstick) -> None:
         "q",
         ("e",),
     )
-    assert remote.schedule_timeout == 9.0
+    assert (remote.schedule_timeout, remote.retention) == (9.0, 60)
     assert remote.steps["a"].children == ("b",) and remote.steps["a"].retries == 1
+    # What a client without the code needs to enqueue as one with it would.
+    a = remote.steps["a"]
+    assert (a.timeout, a.backoff, a.schedule_timeout) == (2.0, 3.0, 5.0)
     assert remote.roots == ["a"]
+
+
+def test_a_workflow_without_retention_takes_the_apps() -> None:
+    app = Rstick(redis_url="redis://fake", retention=120)
+
+    @app.task
+    def job(ctx: Context) -> None: ...
+
+    @app.task(retention=0)
+    def fire_and_forget(ctx: Context) -> None: ...
+
+    assert app.workflows["job"].retention == 120
+    assert app.workflows["fire_and_forget"].retention == 0
+    with pytest.raises(DefinitionError, match="retention"):
+
+        @app.task(retention=-1)
+        def bad(ctx: Context) -> None: ...
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

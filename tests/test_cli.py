@@ -17,6 +17,7 @@ import click
 import fakeredis
 import pytest
 from click.testing import CliRunner, Result
+from drive import started
 
 from rstick import Context, Rstick, StickyStrategy, Worker
 from rstick_cli import settings
@@ -73,15 +74,14 @@ class World:
 
     def serve(self, worker_id: str = "w1", passes: int = 4) -> Worker:
         """Register the worker, then run what is queued, a few non-blocking passes."""
-        worker = Worker(self.app, worker_id=worker_id)
 
-        async def go() -> None:
-            await worker.start()
-            for _ in range(passes):
-                await worker.run_once()
+        async def go() -> Worker:
+            async with started(self.app, worker_id) as [worker]:
+                for _ in range(passes):
+                    await worker.run_once()
+            return worker
 
-        asyncio.run(go())
-        return worker
+        return asyncio.run(go())
 
 
 @pytest.fixture
@@ -321,16 +321,18 @@ def test_runs_list_filters_by_status(world: World) -> None:
 
 
 def test_workers_json_and_text(world: World) -> None:
+    asyncio.run(Worker(world.app, worker_id="w2", concurrency=10).start())  # alive: it just beat
     result = world.invoke("workers", "--json")
     assert result.exit_code == 0, result.output
-    [w] = json.loads(result.stdout)
-    assert (w["worker_id"], w["alive"], w["concurrency"], w["queues"]) == (
-        "w1",
+    w1, w2 = json.loads(result.stdout)
+    assert (w1["worker_id"], w1["alive"]) == ("w1", False)  # its process is gone
+    assert (w2["worker_id"], w2["alive"], w2["concurrency"], w2["queues"]) == (
+        "w2",
         True,
         10,
         ["default"],
     )
-    assert {"host", "pid", "running", "pinned", "last_heartbeat"} <= set(w)
+    assert {"host", "pid", "running", "pinned", "last_heartbeat"} <= set(w2)
     lines = world.invoke("workers").stdout.splitlines()
     assert lines[0].split() == [
         "WORKER",
@@ -343,7 +345,8 @@ def test_workers_json_and_text(world: World) -> None:
         "HEARTBEAT",
         "ALIVE",
     ]
-    assert lines[1].split()[0] == "w1" and lines[1].split()[-1] == "yes"
+    assert lines[1].split()[0] == "w1" and lines[1].split()[-1] == "no"
+    assert lines[2].split()[0] == "w2" and lines[2].split()[-1] == "yes"
 
 
 # -- options, errors, help -----------------------------------------------------

@@ -3,10 +3,10 @@ definitions registered by another process, and waiting on results."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
+from clock import FakeClock
 from drive import drain, run, run_until_idle, started
 
 from rstick import (
@@ -132,7 +132,7 @@ def test_enqueue_creates_the_run_and_one_entry(app: Rstick, redis: Any) -> None:
     ]
     [(_, fields)] = redis.xrange(app.keys.queue("default"))
     assert fields == {b"r": ref.run_id.encode(), b"s": b"a", b"a": b"1", b"e": b"0", b"w": b"Flow"}
-    assert redis.zscore(app.keys.runs, ref.run_id) is not None
+    assert redis.zscore(app.keys.runs("Flow"), ref.run_id) is not None
     assert [e["ev"] for e in app.client.history(ref.run_id)] == ["created"]
 
 
@@ -142,7 +142,7 @@ def test_enqueue_with_the_same_run_id_is_idempotent(app: Rstick, redis: Any) -> 
     again = app.enqueue("add", {"x": 100, "y": 200}, run_id="order-17")
     assert first.run_id == again.run_id == "order-17"
     assert queue_len(app) == 1
-    assert redis.zcard(app.keys.runs) == 1
+    assert redis.zcard(app.keys.runs("add")) == 1
     assert len(app.client.history("order-17")) == 1
 
     async def scenario() -> None:
@@ -168,24 +168,22 @@ def test_enqueue_many_in_one_go(app: Rstick) -> None:
     assert [r.result(timeout=1) for r in refs] == [0, 2, 4, 6, 8]
 
 
-def test_delay_goes_to_the_delayed_set(app: Rstick, redis: Any) -> None:
+def test_delay_goes_to_the_delayed_set(app: Rstick, redis: Any, clock: FakeClock) -> None:
     define(app)
-    before = int(time.time() * 1000)
     ref = app.enqueue("add", {"x": 2, "y": 3}, delay=60)
-    after = int(time.time() * 1000)
     assert queue_len(app) == 0
     [(member, due)] = redis.zrange(app.keys.delayed, 0, -1, withscores=True)
     assert member == f"{ref.run_id}|add|1|0".encode()
-    assert before + 60_000 <= due <= after + 60_000
+    assert due == clock.ms() + 60_000  # by Redis's clock
 
     async def scenario() -> None:
         async with started(app, "w1") as [w1]:
             assert await drain(w1) == 0  # not due yet
             assert ref.status() is RunStatus.QUEUED
-            moved = await w1.scripts.due(
-                keys=[app.keys.workflows], args=[app.keys.prefix, after + 61_000, 100]
-            )
-            assert moved == 1
+            clock.advance(59.999)
+            assert await w1.move_due() == 0
+            clock.advance(0.001)
+            assert await w1.move_due() == 1
             assert redis.zcard(app.keys.delayed) == 0
             assert await drain(w1) == 1
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drive import run, sibling
+from drive import run, run_until_idle, sibling
 
 from rstick import AsyncRunRef, Context, Rstick, RunRef, StickyStrategy, Worker
 
@@ -67,7 +67,7 @@ def test_emit_reaches_workflows_registered_by_a_worker_of_another_app(app: Rstic
         def crm(self, ctx: Context) -> Any:
             return ctx.input
 
-    run(Worker(other, worker_id="crm-1").start())  # registers Remote and its event
+    run_until_idle(other, "crm-1")  # its start registers Remote and its event
     assert "Remote" not in app.workflows
 
     refs = app.emit("user:create", {"id": 1})
@@ -77,7 +77,7 @@ def test_emit_reaches_workflows_registered_by_a_worker_of_another_app(app: Rstic
     client = sibling(app)
     assert workflows_of(app, client.emit("user:create", {"id": 2})) == ["Remote"]
 
-    run(drain(Worker(other, worker_id="crm-1")))
+    run_until_idle(other, "crm-1")
     assert [
         app.get_run(r.run_id).status.value
         for r in refs

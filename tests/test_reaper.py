@@ -7,6 +7,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
+from clock import FakeClock
 
 from rstick import Context, Rstick, RunFailed, StickyStrategy, Worker
 from rstick.keys import GROUP
@@ -38,9 +39,9 @@ def define(app: Rstick, sticky: StickyStrategy, schedule_timeout: float = 300.0)
 async def take_without_running(worker: Worker) -> list[str]:
     """Read and claim like a worker that dies right after: nothing is completed."""
     marks = [x for stream in worker.streams for x in (stream, "")]
-    replies, _ = await worker.scripts.take(
+    replies, _, _ = await worker.scripts.take(
         keys=[worker.keys.workflows],
-        args=[worker.keys.prefix, worker.id(), 0, " Flow job ", worker.free, "", *marks],
+        args=[worker.keys.prefix, worker.id(), " Flow job ", worker.free, "", 10, *marks],
     )
     return [r[0].decode() for r in replies]
 
@@ -83,8 +84,11 @@ def test_soft_run_moves_to_another_worker_when_its_worker_dies(app: Rstick) -> N
     events = [e["ev"] for e in app.client.history(ref.run_id)]
     assert "lost" in events and "reassigned" in events
     redis = app.client.redis
-    assert not redis.exists(app.keys.personal("w1"), app.keys.worker("w1"))
+    assert not redis.exists(app.keys.personal("w1"), app.keys.pinned("w1"))
     assert redis.zscore(app.keys.workers, "w1") is None
+    # A tombstone: should w1 wake up, its heartbeat learns it was declared dead.
+    assert redis.hget(app.keys.worker("w1"), "reaped") == b"1"
+    assert 0 < redis.ttl(app.keys.worker("w1")) <= 7 * 86400
 
 
 def test_reaper_leaves_live_workers_alone(app: Rstick) -> None:
@@ -95,7 +99,7 @@ def test_reaper_leaves_live_workers_alone(app: Rstick) -> None:
         w1 = Worker(app, worker_id="w1")
         await w1.start()
         await take_without_running(w1)
-        report = await Reaper(app, "x").reap()
+        report = await Reaper(app, "x").reap(lead=False)
         assert not report
         # The scripts check the heartbeat themselves: a stale caller changes nothing.
         report = await Reaper(app, "x").reap_worker("w1", "dead")
@@ -143,9 +147,9 @@ def test_hard_run_fails_with_scheduling_timeout_past_its_deadline(app: Rstick) -
         await w1.start()
         await take_without_running(w1)
         await kill(w1)
-        first = await Reaper(app, "x").reap()
+        first = await Reaper(app, "x").reap(lead=False)
         assert first.runs["parked"] == [ref.run_id]
-        second = await Reaper(app, "x").reap()
+        second = await Reaper(app, "x").reap(lead=False)
         assert second.runs["timed out"] == [ref.run_id]
         assert second.removed_workers == ["w1"]
 
@@ -177,7 +181,7 @@ def test_plain_job_of_a_dead_worker_is_dispatched_again(app: Rstick) -> None:
     assert pending["pending"] == 0
 
 
-def test_restart_under_the_same_id_reruns_what_it_held(app: Rstick) -> None:
+def test_restart_under_the_same_id_reruns_what_it_held(app: Rstick, clock: FakeClock) -> None:
     define(app, StickyStrategy.SOFT)
     ref = app.enqueue("Flow")
 
@@ -185,7 +189,10 @@ def test_restart_under_the_same_id_reruns_what_it_held(app: Rstick) -> None:
         w1 = Worker(app, worker_id="w1")
         await w1.start()
         await take_without_running(w1)
-        again = Worker(app, worker_id="w1")  # crashed and restarted before anyone noticed
+        # Crashed, and restarted before anyone noticed: the new process waits for the
+        # old one's heartbeat to lapse (see test_worker_ids), then takes over.
+        clock.advance(app.worker_ttl)
+        again = Worker(app, worker_id="w1")
         await again.start()
         await drain(again)
 
@@ -205,7 +212,7 @@ def test_step_that_keeps_killing_its_worker_is_dead_lettered(app: Rstick) -> Non
             await w.start()
             assert await take_without_running(w) == ["run"]
             await kill(w)
-            await Reaper(app, "x").reap()
+            await Reaper(app, "x").reap(lead=False)
 
     run(scenario())
     with pytest.raises(RunFailed) as failed:
@@ -253,9 +260,8 @@ def test_zombie_completion_is_refused_after_reassignment(app: Rstick) -> None:
         await Reaper(app, "w2").reap()
         await w1.flush()  # the zombie's late completion
         assert app.get_run(ref.run_id).step("a").status == "queued"
-        assert not await w1.scripts.beat(
-            keys=[app.keys.workers, app.keys.worker("w1")], args=["w1", 0, 0]
-        )
+        await w1.beat()  # it learns it was declared dead, and must rejoin before claiming
+        assert w1._rejoin == "reaped" and not w1.live.is_set()
         await drain(w2)
 
     run(scenario())

@@ -3,7 +3,6 @@ release, fencing, leftovers of finished runs, dead letters."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -22,9 +21,9 @@ async def take_raw(w: Worker) -> list[list[bytes]]:
     """Read and claim like ``w`` without running anything: the raw claim replies."""
     marks = [x for stream in w.streams for x in (stream, "")]
     replies: list[list[bytes]]
-    replies, _ = await w.scripts.take(
+    replies, _, _ = await w.scripts.take(
         keys=[w.keys.workflows],
-        args=[w.keys.prefix, w.id(), int(time.time() * 1000), serves(w), w.free, "", *marks],
+        args=[w.keys.prefix, w.id(), serves(w), w.free, "", w.app.dead_maxlen, *marks],
     )
     return replies
 
@@ -61,7 +60,7 @@ def complete_args(
     """ARGV of complete.lua: one "ok" outcome for the entry of a claim reply."""
     stream, entry_id, run_id, step = reply[6], reply[7], reply[1], reply[2]
     item = ["ok", stream, entry_id, run_id, step, attempt, epoch, output, 0]
-    return [app.keys.prefix, worker, int(time.time() * 1000), 1, *item, len(children), *children]
+    return [app.keys.prefix, worker, app.dead_maxlen, 1, *item, len(children), *children]
 
 
 def define(app: Rstick, calls: list[tuple[str, str, str]]) -> None:
@@ -337,10 +336,9 @@ def test_a_zombies_refused_completion_forgets_its_own_entry_not_the_new_holders(
             [old] = await take_raw(w1)
             assert old[:5] == [b"run", ref.run_id.encode(), b"a", b"1", b"0"]
             redis.zadd(app.keys.workers, {"w1": 1})  # w1 misses its heartbeats
-            now = int(time.time() * 1000)
             reaped = await w2.scripts.reap_run(
                 keys=[app.keys.workflows],
-                args=[app.keys.prefix, "w1", ref.run_id, "dead", now, now - 1000, 3, b"", b""],
+                args=[app.keys.prefix, "w1", ref.run_id, "dead", 3, b"", b"", 10],
             )
             assert reaped == b"reassigned"
             [new] = await take_raw(w2)
@@ -494,11 +492,12 @@ def test_malformed_entries_are_dead_lettered_and_the_worker_goes_on(
     assert entries(redis, queue) == [] and pending(redis, queue) == 0
     letters = list(reversed(app.client.dead_letters()))
     malformed = "malformed entry: needs fields r, s, a, e, w"
-    ghost = "worker w1 has no workflow Ghost"
-    assert [d["reason"] for d in letters] == [malformed, malformed, ghost]
+    # The Ghost entry is well formed but names no run: there is nothing to lose, it is
+    # dropped like any stale entry (a valid run of a workflow the worker lacks waits:
+    # tests/test_missing_code.py).
+    assert [d["reason"] for d in letters] == [malformed, malformed]
     assert all(d["stream"] == queue and d["worker"] == "w1" for d in letters)
     assert letters[0]["junk"] == "yes"
-    assert letters[2]["w"] == "Ghost" and letters[2]["r"] == "x"
 
 
 def test_an_entry_with_binary_fields_does_not_stop_the_worker(app: Rstick, redis: Any) -> None:

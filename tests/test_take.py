@@ -8,6 +8,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
+from clock import FakeClock
 
 from rstick import Context, Rstick, StickyStrategy, Worker
 from rstick.keys import GROUP
@@ -38,10 +39,11 @@ def tasks(app: Rstick) -> Rstick:
     return app
 
 
-async def take(w: Worker, free: int, marks: list[Any] | None, now: int = 1) -> Any:
+async def take(w: Worker, free: int, marks: list[Any] | None) -> Any:
     """take.lua as the worker calls it: (replies decoded to (kind, run, step), marks)."""
-    args = w._take_args(free, marks, True, now)
-    replies, new_marks = await w.scripts.take(keys=[w.keys.workflows], args=args)
+    args = w._take_args(free, marks, True)
+    replies, new_marks, live = await w.scripts.take(keys=[w.keys.workflows], args=args)
+    assert live == 1
     return [tuple(x.decode() for x in r[:3]) for r in replies], new_marks
 
 
@@ -154,16 +156,19 @@ def test_a_claim_whose_reply_was_lost_is_not_made_twice(tasks: Rstick, redis: An
     run(scenario())
 
 
-def test_a_step_claimed_after_a_wait_starts_at_its_entrys_time(tasks: Rstick, redis: Any) -> None:
+def test_a_step_claimed_after_a_wait_starts_at_redis_time(
+    tasks: Rstick, redis: Any, clock: FakeClock
+) -> None:
     async def scenario() -> None:
         w = Worker(tasks, worker_id="w1", concurrency=4)
         await w.start()
         _, marks = await take(w, 4, None)
         ref = tasks.enqueue("job")
-        [delivered] = blocking_read(redis, w)
-        await take(w, 4, marks, now=1)  # the worker's clock from before its wait
+        clock.advance(0.5)  # the worker waited; its own clock is never asked
+        blocking_read(redis, w)
+        await take(w, 4, marks)
         started = redis.hget(tasks.keys.run(ref.run_id), "job.t0").decode()
-        assert started == delivered.split("-")[0]
+        assert int(started) == clock.ms()
 
     run(scenario())
 
@@ -180,18 +185,77 @@ def test_the_worker_runs_what_a_take_after_a_blocking_read_hands_it(
         blocking_read(redis, w)
 
         async def pipelined(free: int, block_ms: int, marks: list[Any]) -> Any:
-            args = w._take_args(free, marks, True, 1)
-            replies, new_marks = await w.scripts.take(keys=[w.keys.workflows], args=args)
-            return replies, new_marks
+            args = w._take_args(free, marks, True)
+            replies, new_marks, live = await w.scripts.take(keys=[w.keys.workflows], args=args)
+            return replies, new_marks, bool(live)
 
         w._wait_for_entries = pipelined  # type: ignore[method-assign]
         assert await w.fetch(1000) == 1
         await asyncio.wait(list(w.running.values()))
         await w.flush()
         assert w._marks is None  # the next fetch takes (and marks) before it blocks again
-        w.pool.shutdown(wait=True)
+        w.threads.shutdown()
         return ref.run_id
 
     run_id = run(scenario())
     assert tasks.get_run(run_id).status.value == "succeeded"
     assert tasks.get_run(run_id).steps[0].worker == "w1"
+
+
+def test_a_root_pinned_to_the_worker_by_its_own_take_is_claimed_by_the_next_read(
+    app: Rstick, redis: Any
+) -> None:
+    """A take that pins a sticky run sends its other roots to the worker's own stream
+    in the same script; the marks it returns must let the blocking read that follows
+    deliver them and the take behind it claim them, at once."""
+
+    @app.workflow(sticky=StickyStrategy.SOFT)
+    class Fork:
+        @app.step()
+        def a(self, ctx: Context) -> None: ...
+
+        @app.step()
+        def b(self, ctx: Context) -> None: ...
+
+    async def scenario() -> None:
+        w = Worker(app, worker_id="w1", concurrency=4)
+        await w.start()
+        ref = app.enqueue("Fork")
+        replies, marks = await take(w, 4, None)
+        # The queue was read before the personal stream got b: a is claimed, b waits.
+        assert replies == [("run", ref.run_id, "a")] and marks
+        assert [f[b"s"] for _, f in redis.xrange(w.personal)] == [b"b"]
+        assert blocking_read(redis, w)  # b: not delivered by the take, so the read does
+        replies, _ = await take(w, 3, marks)
+        assert replies == [("run", ref.run_id, "b")]
+
+    run(scenario())
+
+
+def test_a_worker_whose_heartbeat_lapsed_claims_nothing_until_it_beats(
+    tasks: Rstick, redis: Any, clock: FakeClock
+) -> None:
+    async def scenario() -> None:
+        w = Worker(tasks, worker_id="w1", concurrency=4)
+        await w.start()
+        _, marks = await take(w, 4, None)
+        ref = tasks.enqueue("job")
+        clock.advance(tasks.worker_ttl + 1)  # paused: the reaper may be settling w1 now
+        args = w._take_args(4, None, True)
+        replies, _, live = await w.scripts.take(keys=[w.keys.workflows], args=args)
+        assert (replies, live) == ([], 0)
+        # What a blocking read delivered meanwhile goes back, undelivered, and unclaimed.
+        [delivered] = blocking_read(redis, w)
+        args = w._take_args(4, marks, True)
+        replies, _, live = await w.scripts.take(keys=[w.keys.workflows], args=args)
+        assert (replies, live) == ([], 0)
+        queue = tasks.keys.queue("default")
+        assert pending_ids(redis, queue) == [] and delivered not in pending_ids(redis, queue)
+        assert tasks.get_run(ref.run_id).steps[0].status.value == "queued"
+        assert await w.fetch(None) == 0 and not w.live.is_set()
+        await w.beat()
+        assert w.live.is_set()
+        replies, _ = await take(w, 4, None)
+        assert replies == [("run", ref.run_id, "job")]
+
+    run(scenario())

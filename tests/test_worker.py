@@ -5,28 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any
 
 import pytest
+from clock import FakeClock
 from drive import drain, run, run_until_idle, started
 
 from rstick import Context, Rstick, RunFailed, RunStatus, StepStatus, StickyStrategy, Worker
 from rstick.keys import GROUP
 
-LATER = 10**7  # ms: far enough ahead that every backoff here is due
+LATER = 10_000  # seconds: far enough ahead that every backoff here is due
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-async def skip_ahead(w: Worker) -> int:
-    """Move every delayed entry as if the clock were far ahead; returns how many."""
-    moved: int = await w.scripts.due(
-        keys=[w.keys.workflows], args=[w.keys.prefix, now_ms() + LATER, 100]
-    )
-    return moved
+async def skip_ahead(w: Worker, clock: FakeClock) -> int:
+    """Move the clock far ahead, beat (as the worker's heartbeat thread would) and move
+    every delayed entry now due; returns how many."""
+    clock.advance(LATER)
+    await w.beat()
+    return await w.move_due()
 
 
 def delayed(app: Rstick) -> list[tuple[str, float]]:
@@ -37,7 +33,7 @@ def delayed(app: Rstick) -> list[tuple[str, float]]:
 # -- retries ----------------------------------------------------------------
 
 
-def test_a_step_is_retried_with_exponential_backoff(app: Rstick) -> None:
+def test_a_step_is_retried_with_exponential_backoff(app: Rstick, clock: FakeClock) -> None:
     attempts: list[int] = []
 
     @app.task(retries=2, backoff=60)
@@ -52,18 +48,16 @@ def test_a_step_is_retried_with_exponential_backoff(app: Rstick) -> None:
     async def scenario() -> None:
         async with started(app, "w1") as [w1]:
             for attempt, backoff_ms in ((1, 60_000), (2, 120_000)):
-                before = now_ms()
                 assert await w1.run_once() == 1
-                after = now_ms()
                 [(member, due)] = delayed(app)
                 assert member == f"{ref.run_id}|flaky|{attempt + 1}|0"
-                assert before + backoff_ms <= due <= after + backoff_ms
+                assert due == clock.ms() + backoff_ms  # by Redis's clock
                 step = ref.get().step("flaky")
                 assert (step.status, step.attempts) == (StepStatus.RETRYING, attempt + 1)
                 assert step.error is not None and step.error.message == f"try {attempt}"
                 assert ref.status() is RunStatus.RUNNING
                 assert await w1.run_once() == 0  # not due yet
-                assert await skip_ahead(w1) == 1
+                assert await skip_ahead(w1, clock) == 1
             assert await drain(w1) == 1
 
     run(scenario())
@@ -83,7 +77,7 @@ def test_a_step_is_retried_with_exponential_backoff(app: Rstick) -> None:
     ]
 
 
-def test_a_sticky_runs_retry_stays_on_its_worker(app: Rstick) -> None:
+def test_a_sticky_runs_retry_stays_on_its_worker(app: Rstick, clock: FakeClock) -> None:
     seen: list[tuple[str, int, str]] = []
 
     @app.workflow(sticky=StickyStrategy.SOFT)
@@ -107,7 +101,7 @@ def test_a_sticky_runs_retry_stays_on_its_worker(app: Rstick) -> None:
         async with started(app, "w1", "w2") as (w1, w2):
             assert await w1.run_once() == 1  # pins to w1; a fails
             for step in ("a", "b"):
-                assert await skip_ahead(w1) == 1
+                assert await skip_ahead(w1, clock) == 1
                 assert redis.xlen(app.keys.queue("default")) == 0
                 assert redis.xlen(app.keys.personal("w1")) == 1
                 assert await w2.run_once() == 0
@@ -120,7 +114,9 @@ def test_a_sticky_runs_retry_stays_on_its_worker(app: Rstick) -> None:
     assert ref.status() is RunStatus.SUCCEEDED
 
 
-def test_a_step_that_keeps_raising_fails_the_run_after_its_retries(app: Rstick) -> None:
+def test_a_step_that_keeps_raising_fails_the_run_after_its_retries(
+    app: Rstick, clock: FakeClock
+) -> None:
     calls: list[int] = []
 
     @app.task(retries=1, backoff=60)
@@ -133,9 +129,9 @@ def test_a_step_that_keeps_raising_fails_the_run_after_its_retries(app: Rstick) 
     async def scenario() -> None:
         async with started(app, "w1") as [w1]:
             assert await w1.run_once() == 1
-            assert await skip_ahead(w1) == 1
+            assert await skip_ahead(w1, clock) == 1
             assert await w1.run_once() == 1
-            assert await skip_ahead(w1) == 0
+            assert await skip_ahead(w1, clock) == 0
 
     run(scenario())
     assert calls == [1, 2]

@@ -33,9 +33,11 @@ class Scripts:
     reap_run: Any
     reap_entries: Any
     lead: Any
+    join: Any
     beat: Any
     forget: Any
     cancel: Any
+    reap_waiting: Any
 
     @classmethod
     def register(cls, client: Any) -> Scripts:

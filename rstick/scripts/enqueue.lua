@@ -1,51 +1,52 @@
 -- enqueue: create a run and dispatch its ready steps.
 -- KEYS[1]  {ns}:wf (the definitions hash; also routes the call to the namespace's slot)
--- ARGV     prefix, run_id, workflow, queue, pin_worker, parent_run, parent_step, now_ms,
---          due_ms (0: now), ndispatch, step * ndispatch,
+-- ARGV     prefix, run_id, workflow, queue, pin_worker, parent_run, parent_step,
+--          delay_ms (0: now), ndispatch, step * ndispatch,
 --          (field, value) * rest: the run's hash, which the client builds from the
---          definition (Client.run_fields): status "queued" at epoch 0, every step
---          "waiting" at attempt 0 but the roots, "queued" at attempt 1, the parents
---          of each step, and "held": the roots of a sticky run that wait, queued, for
---          a worker to pin the run.
+--          definition (Python: rstick.client, Client.run_fields): status "queued" at
+--          epoch 0, every step "waiting" at attempt 0 but the roots, "queued" at
+--          attempt 1, the parents of each step, its retention, and "held": the roots
+--          of a sticky run that wait, queued, for a worker to pin the run.
 --          The steps dispatched now: every root of a run pinned at creation (a sticky
 --          child) to its worker's stream; the first root of an unpinned sticky run,
 --          and every root of any other run, to the shared queue.
 -- Returns  "ok", "exists" (same run id enqueued before: nothing written) or
 --          "unknown" (no such workflow: nothing written).
-local p, run_id, wf, queue, pin = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local parent_run, parent_step, now, due = ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
+local p, run_id, wf, queue, pin_to = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local parent_run, parent_step, delay = ARGV[6], ARGV[7], tonumber(ARGV[8])
 if redis.call('HEXISTS', KEYS[1], wf) == 0 then return 'unknown' end
-local rk = p .. ':run:' .. run_id
+local rk = run_key(p, run_id)
 if redis.call('EXISTS', rk) == 1 then return 'exists' end
 
-local ndispatch = tonumber(ARGV[10])
-redis.call('HSET', rk, unpack(ARGV, 11 + ndispatch))
+local now = now_ms()
+local ndispatch = tonumber(ARGV[9])
+redis.call('HSET', rk, 'created', now, unpack(ARGV, 10 + ndispatch))
 
-local stream = p .. ':q:' .. queue
-if pin ~= '' then
-  stream = p .. ':w:' .. pin
-  redis.call('SADD', p .. ':pinned:' .. pin, run_id)
+local stream = queue_key(p, queue)
+if pin_to ~= '' then
+  stream = personal_key(p, pin_to)
+  redis.call('SADD', pinned_key(p, pin_to), run_id)
 end
-for j = 11, 10 + ndispatch do
-  if due > 0 then
-    redis.call('ZADD', p .. ':delayed', due, run_id .. '|' .. ARGV[j] .. '|1|0')
+for j = 10, 9 + ndispatch do
+  if delay > 0 then
+    redis.call('ZADD', p .. ':delayed', now + delay, run_id .. '|' .. ARGV[j] .. '|1|0')
   else
-    redis.call('XADD', stream, '*', 'r', run_id, 's', ARGV[j], 'a', '1', 'e', '0', 'w', wf)
+    add_entry(stream, run_id, ARGV[j], '1', '0', wf)
   end
 end
-redis.call('ZADD', p .. ':runs', now, run_id)
+redis.call('ZADD', p .. ':runs:' .. wf, now, run_id)
+local created = {'ev', 'created', 'wf', wf}
+if pin_to ~= '' then
+  created[#created + 1] = 'w'
+  created[#created + 1] = pin_to
+end
 if parent_run ~= '' then
-  redis.call('HSET', p .. ':run:' .. parent_run, 'c.' .. run_id, parent_step)
-  if pin ~= '' then
-    redis.call('XADD', p .. ':hist:' .. run_id, '*', 'ev', 'created', 'wf', wf, 'w', pin,
-      'parent', parent_run .. '/' .. parent_step)
-  else
-    redis.call('XADD', p .. ':hist:' .. run_id, '*', 'ev', 'created', 'wf', wf,
-      'parent', parent_run .. '/' .. parent_step)
+  created[#created + 1] = 'parent'
+  created[#created + 1] = parent_run .. '/' .. parent_step
+  -- An expired parent is not created again as a hash without a TTL.
+  if redis.call('EXISTS', run_key(p, parent_run)) == 1 then
+    redis.call('HSET', run_key(p, parent_run), 'c.' .. run_id, parent_step)
   end
-elseif pin ~= '' then
-  redis.call('XADD', p .. ':hist:' .. run_id, '*', 'ev', 'created', 'wf', wf, 'w', pin)
-else
-  redis.call('XADD', p .. ':hist:' .. run_id, '*', 'ev', 'created', 'wf', wf)
 end
+history(p, run_id, unpack(created))
 return 'ok'

@@ -1,13 +1,23 @@
--- lead: take or renew the reaper's leader lock; it always has a TTL.
+-- lead: take or renew the reaper's leader lock (it always has a TTL), and name the
+-- workers whose heartbeat deadline has passed, by Redis's clock.
 -- KEYS[1]  {ns}:leader
--- ARGV     worker, ttl_ms
--- Returns  1 when this worker leads, else 0.
-local cur = redis.call('GET', KEYS[1])
-if not cur then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-elseif cur == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+-- ARGV     prefix, worker ("": no lock, as for `rstick reap`), lock_ttl_ms, limit
+--          (Python: rstick.reaper)
+-- Returns  {} when another worker leads, else {"lead", dead worker ids...}.
+local p, me, ttl, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if me ~= '' then
+  local cur = redis.call('GET', KEYS[1])
+  if not cur then
+    redis.call('SET', KEYS[1], me, 'PX', ttl)
+  elseif cur == me then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+  else
+    return {}
+  end
 end
-return 0
+local out = {'lead'}
+for _, w in ipairs(redis.call('ZRANGEBYSCORE', p .. ':workers', '-inf', now_ms(),
+    'LIMIT', 0, limit)) do
+  out[#out + 1] = w
+end
+return out

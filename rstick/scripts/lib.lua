@@ -1,162 +1,246 @@
 -- lib: functions shared by the scripts; the loader puts this file before each one.
 -- Every script receives the key prefix "{ns}" as ARGV[1].
+-- Time is Redis's (TIME), never a worker's clock: two processes compare it.
 
 local GROUP = 'rstick'
 
+-- Milliseconds since the epoch, by Redis's clock.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function run_key(p, run) return p .. ':run:' .. run end
+local function out_key(p, run) return p .. ':out:' .. run end
+local function hist_key(p, run) return p .. ':hist:' .. run end
+local function personal_key(p, w) return p .. ':w:' .. w end
+local function queue_key(p, q) return p .. ':q:' .. q end
+local function pinned_key(p, w) return p .. ':pinned:' .. w end
+local function worker_key(p, w) return p .. ':worker:' .. w end
+local function wait_key(p, wf) return p .. ':wait:' .. wf end
+
+-- A step's entry: the one place its fields are written.
+local function add_entry(stream, run, step, attempt, epoch, wf)
+  return redis.call('XADD', stream, '*', 'r', run, 's', step, 'a', attempt, 'e', epoch, 'w', wf)
+end
+
+-- An entry's fields as a table.
+local function entry_fields(kv)
+  local f = {}
+  for k = 1, #kv, 2 do f[kv[k]] = kv[k + 1] end
+  return f
+end
+
+local function ack_delete(stream, id)
+  redis.call('XACK', stream, GROUP, id)
+  redis.call('XDEL', stream, id)
+end
+
+local function history(p, run, ...)
+  redis.call('XADD', hist_key(p, run), '*', ...)
+end
+
+local function dead_letter(p, maxlen, ...)
+  redis.call('XADD', p .. ':dead', 'MAXLEN', '~', maxlen, '*', ...)
+end
+
+local function words(s)
+  local out = {}
+  if s then for w in string.gmatch(s, '%S+') do out[#out + 1] = w end end
+  return out
+end
+
+local function has_word(list, word)
+  return list ~= nil and string.find(' ' .. list .. ' ', ' ' .. word .. ' ', 1, true) ~= nil
+end
+
+local function active(status) return status == 'queued' or status == 'running' end
+
+-- Whether worker w is alive: its heartbeat deadline, in Redis time, is still ahead.
+local function is_live(p, w, now)
+  local deadline = tonumber(redis.call('ZSCORE', p .. ':workers', w))
+  return deadline ~= nil and deadline > now
+end
+
+-- Whether worker w is alive; when it is not, it is marked reaped, so that should it
+-- wake up (a long pause) its next heartbeat tells it so.
+local function judge(p, w, now)
+  if is_live(p, w, now) then return true end
+  if redis.call('EXISTS', worker_key(p, w)) == 1 then
+    redis.call('HSET', worker_key(p, w), 'reaped', '1')
+  end
+  return false
+end
+
 -- End a run: status, finish time, retention, unpin, history, wake waiters.
 local function finish(p, run, status, now)
-  local rk = p .. ':run:' .. run
-  local pinned = redis.call('HGET', rk, 'worker')
+  local rk = run_key(p, run)
+  local h = redis.call('HMGET', rk, 'worker', 'retention', 'waiting')
   redis.call('HSET', rk, 'status', status, 'finished', now)
-  redis.call('HDEL', rk, 'parked')
-  if pinned and pinned ~= '' then redis.call('SREM', p .. ':pinned:' .. pinned, run) end
-  local ttl = tonumber(redis.call('HGET', rk, 'retention')) or 86400
-  for _, k in ipairs({rk, p .. ':out:' .. run, p .. ':hist:' .. run}) do
+  redis.call('HDEL', rk, 'parked', 'waiting', 'waiting_since', 'follow')
+  if h[1] and h[1] ~= '' then redis.call('SREM', pinned_key(p, h[1]), run) end
+  local ttl = tonumber(h[2])
+  for _, k in ipairs({rk, out_key(p, run), hist_key(p, run)}) do
     redis.call('EXPIRE', k, ttl)
   end
-  redis.call('XADD', p .. ':hist:' .. run, '*', 'ev', 'finished', 'status', status)
+  history(p, run, 'ev', 'finished', 'status', status)
   redis.call('PUBLISH', p .. ':done:' .. run, status)
 end
 
 -- Fail one step and its run with an error (msgpack bytes packed by the caller).
 local function fail_step(p, run, step, err, now)
-  local rk = p .. ':run:' .. run
-  redis.call('HSET', rk, step .. '.st', 'failed', step .. '.t1', now, step .. '.e', err,
+  redis.call('HSET', run_key(p, run), step .. '.st', 'failed', step .. '.t1', now, step .. '.e', err,
     'error_step', step)
   finish(p, run, 'failed', now)
 end
 
--- The stream a step of this run goes to now: the pinned worker's, else the queue.
-local function destination(p, rk)
-  local h = redis.call('HMGET', rk, 'sticky', 'worker', 'queue')
-  if h[1] ~= 'none' and h[2] and h[2] ~= '' then return p .. ':w:' .. h[2] end
-  return p .. ':q:' .. h[3]
+-- The stream a step of a run goes to now: its pinned worker's, else its queue; nil
+-- for a sticky child waiting for its parent's next worker (see reassign).
+local function route(p, sticky, worker, queue, follow)
+  if sticky ~= 'none' and worker and worker ~= '' then return personal_key(p, worker) end
+  if sticky ~= 'none' and follow and follow ~= '' then return nil end
+  return queue_key(p, queue)
+end
+
+-- Send a step of a run where it goes now (see route), or hold it for the run's pin.
+local function dispatch(p, run, step, attempt, epoch, wf, stream)
+  if stream then
+    add_entry(stream, run, step, attempt, epoch, wf)
+  else
+    local rk = run_key(p, run)
+    local held = redis.call('HGET', rk, 'held')
+    redis.call('HSET', rk, 'held', (held and held ~= '') and (held .. ' ' .. step) or step)
+  end
+end
+
+-- dispatch, reading the run's route.
+local function redispatch(p, run, step, attempt, epoch)
+  local h = redis.call('HMGET', run_key(p, run), 'sticky', 'worker', 'queue', 'follow', 'wf')
+  dispatch(p, run, step, attempt, epoch, h[5], route(p, h[1], h[2], h[3], h[4]))
 end
 
 -- A running step whose worker was lost: count it, and either fail it as poison
--- (it crashed its worker max_deliveries times) or make it a new attempt.
+-- (it lost its worker max_deliveries times; nil: never) or make it a new attempt.
 -- Returns the new attempt, or nil when the step was failed as poison.
-local function lose(p, run, step, worker, reason, max_deliveries, poison_err, now)
-  local rk = p .. ':run:' .. run
+local function lose(p, run, step, worker, reason, max_deliveries, poison_err, dead_max, now)
+  local rk = run_key(p, run)
   local lost = redis.call('HINCRBY', rk, step .. '.lost', 1)
-  if lost >= max_deliveries then
-    redis.call('XADD', p .. ':dead', '*', 'reason',
-      'step ' .. step .. ' lost its worker ' .. lost .. ' times', 'r', run, 's', step,
-      'worker', worker)
+  if max_deliveries and lost >= tonumber(max_deliveries) then
+    dead_letter(p, dead_max, 'reason', 'step ' .. step .. ' lost its worker ' .. lost .. ' times',
+      'r', run, 's', step, 'worker', worker)
     fail_step(p, run, step, poison_err, now)
     return nil
   end
   local attempt = redis.call('HINCRBY', rk, step .. '.a', 1)
   redis.call('HSET', rk, step .. '.st', 'queued')
-  redis.call('XADD', p .. ':hist:' .. run, '*', 'ev', 'lost', 's', step, 'w', worker,
-    'a', attempt - 1, 'reason', reason)
+  history(p, run, 'ev', 'lost', 's', step, 'w', worker, 'a', attempt - 1, 'reason', reason)
   return attempt
 end
 
--- Whether worker w beat after worker_deadline; when it did not, it is marked
--- reaped, so that should it wake up (a long pause) its next heartbeat tells it so.
-local function beat_since(p, w, worker_deadline)
-  local beat = tonumber(redis.call('ZSCORE', p .. ':workers', w))
-  if beat and beat > worker_deadline then return true end
-  if redis.call('EXISTS', p .. ':worker:' .. w) == 1 then
-    redis.call('HSET', p .. ':worker:' .. w, 'reaped', '1')
+-- Pin run to worker me: its held steps go to me's stream; so do the sticky children
+-- that follow it (they were moved with it, see reassign).
+local function pin(p, run, me, epoch, wf, held, follow, now)
+  local rk = run_key(p, run)
+  redis.call('HSET', rk, 'worker', me, 'held', '')
+  redis.call('SADD', pinned_key(p, me), run)
+  history(p, run, 'ev', 'pinned', 'w', me, 'epoch', epoch)
+  for _, s in ipairs(words(held)) do
+    add_entry(personal_key(p, me), run, s, redis.call('HGET', rk, s .. '.a'), epoch, wf)
   end
-  return false
+  if follow and follow ~= '' then
+    redis.call('HDEL', rk, 'follow')
+    for _, child in ipairs(words(follow)) do
+      local ck = run_key(p, child)
+      local c = redis.call('HMGET', ck, 'status', 'worker', 'follow', 'held', 'epoch', 'wf')
+      if active(c[1]) and (c[2] == nil or c[2] == '') and c[3] == run then
+        redis.call('HDEL', ck, 'follow')
+        redis.call('HSET', ck, 'worker', me, 'held', '')
+        redis.call('SADD', pinned_key(p, me), child)
+        history(p, child, 'ev', 'pinned', 'w', me, 'epoch', c[5], 'reason', 'follows its parent')
+        for _, s in ipairs(words(c[4])) do
+          add_entry(personal_key(p, me), child, s, redis.call('HGET', ck, s .. '.a'), c[5], c[6])
+        end
+      end
+    end
+  end
 end
 
--- Claim one entry a worker read. kv is the entry's flat field/value list;
--- workflows is " name name ... " (what this worker can run). Returns one of
---   {"run", run, step, attempt, epoch, workflow, stream, entry_id, input, reassigned,
---    parent, output, parent, output, ...}
---   {"fwd", run, step, worker}   pinned elsewhere: moved to that worker's stream
---   {"drop", run, step, reason}  stale or finished: acknowledged and deleted
---   {"dead", "", "", reason}     not a valid rstick message: dead-lettered
--- An unpinned sticky run is pinned here; its held roots go to this worker's stream.
--- With `again` (an entry already delivered to this worker, see take.lua), an entry
--- whose step already runs here at its attempt is left pending and nil returned.
-local function claim_entry(p, me, now, workflows, stream, id, kv, again)
-  local f = {}
-  for k = 1, #kv, 2 do f[kv[k]] = kv[k + 1] end
-  local run, step, attempt, epoch, wf = f['r'], f['s'], f['a'], f['e'], f['w']
-  local function forget()
-    redis.call('XACK', stream, GROUP, id)
-    redis.call('XDEL', stream, id)
-  end
-  local reason = nil
-  if not (run and step and attempt and epoch and wf) then
-    reason = 'malformed entry: needs fields r, s, a, e, w'
-  elseif not string.find(workflows, ' ' .. wf .. ' ', 1, true) then
-    reason = 'worker ' .. me .. ' has no workflow ' .. wf
-  end
-  if reason then
-    local dead = {'reason', reason, 'stream', stream, 'id', id, 'worker', me}
-    for k = 1, #kv do dead[#dead + 1] = kv[k] end
-    redis.call('XADD', p .. ':dead', '*', unpack(dead))
-    forget()
-    return {'dead', '', '', reason}
-  end
-
-  local rk = p .. ':run:' .. run
-  local h = redis.call('HMGET', rk, 'status', 'sticky', 'worker', 'epoch', step .. '.st',
-    step .. '.a', 'held', 'reassigned', step .. '.par', 'input', step .. '.w')
-  local status, sticky, pinned, cur_epoch, st, a, held = h[1], h[2], h[3], h[4], h[5], h[6], h[7]
-  if again and st == 'running' and h[11] == me and a == attempt and cur_epoch == epoch
-      and (status == 'queued' or status == 'running') then
-    return nil
-  end
-  local why = nil
-  if not status then
-    why = 'no such run'
-  elseif status ~= 'queued' and status ~= 'running' then
-    why = 'run is ' .. status
-  elseif not st then
-    why = 'no such step'
-  elseif cur_epoch ~= epoch then
-    why = 'stale epoch ' .. epoch .. ' (run is at ' .. cur_epoch .. ')'
-  elseif a ~= attempt then
-    why = 'stale attempt ' .. attempt .. ' (step is at ' .. a .. ')'
-  elseif st ~= 'queued' then
-    why = 'step is ' .. st
-  end
-  if why then
-    forget()
-    return {'drop', run, step, why}
-  end
-  if sticky ~= 'none' and pinned ~= '' and pinned ~= me then
-    redis.call('XADD', p .. ':w:' .. pinned, '*', 'r', run, 's', step, 'a', attempt, 'e', epoch,
-      'w', wf)
-    forget()
-    return {'fwd', run, step, pinned}
-  end
-  if sticky ~= 'none' and pinned == '' then
-    redis.call('HSET', rk, 'worker', me)
-    redis.call('SADD', p .. ':pinned:' .. me, run)
-    redis.call('XADD', p .. ':hist:' .. run, '*', 'ev', 'pinned', 'w', me, 'epoch', epoch)
-    if held and held ~= '' then
-      for root in string.gmatch(held, '%S+') do
-        local ra = redis.call('HGET', rk, root .. '.a')
-        redis.call('XADD', p .. ':w:' .. me, '*', 'r', run, 's', root, 'a', ra, 'e', epoch,
-          'w', wf)
+-- Move a sticky run off worker w. A new epoch fences whatever w still holds; its
+-- queued and running steps go back (running ones as a new attempt) and its retries
+-- are re-keyed to the new epoch. By `how`:
+--   "queue":  the first step goes to the shared queue, the others are held until the
+--             next worker pins the run (SOFT);
+--   "follow": every step is held until the parent run `to` is pinned again (a sticky
+--             child follows its SOFT parent);
+--   "pin":    pinned to worker `to` at once (the parent already moved there).
+-- Returns false when a step was failed as poison (the run ended).
+local function reassign(p, run, w, how, to, max_deliveries, poison_err, dead_max, now)
+  local rk = run_key(p, run)
+  local h = redis.call('HMGET', rk, 'epoch', 'steps', 'queue', 'wf')
+  local epoch, queue, wf = h[1], h[3], h[4]
+  local new_epoch = tostring(tonumber(epoch) + 1)
+  redis.call('HSET', rk, 'epoch', new_epoch, 'worker', '', 'reassigned', '1', 'held', '')
+  redis.call('SREM', pinned_key(p, w), run)
+  local back = {}
+  for _, s in ipairs(words(h[2])) do
+    local st = redis.call('HGET', rk, s .. '.st')
+    if st == 'running' then
+      if not lose(p, run, s, w, 'worker lost', max_deliveries, poison_err, dead_max, now) then
+        return false
       end
-      redis.call('HSET', rk, 'held', '')
+      back[#back + 1] = s
+    elseif st == 'queued' then
+      back[#back + 1] = s
+    elseif st == 'retrying' then
+      local a = redis.call('HGET', rk, s .. '.a')
+      local old = run .. '|' .. s .. '|' .. a .. '|' .. epoch
+      local due = redis.call('ZSCORE', p .. ':delayed', old)
+      redis.call('ZREM', p .. ':delayed', old)
+      redis.call('ZADD', p .. ':delayed', due or now, run .. '|' .. s .. '|' .. a .. '|' .. new_epoch)
     end
   end
-  if status == 'queued' then
-    redis.call('HSET', rk, step .. '.st', 'running', step .. '.w', me, step .. '.t0', now,
-      'status', 'running', 'started', now)
+  history(p, run, 'ev', 'reassigned', 'from', w, 'epoch', new_epoch)
+  if how == 'queue' then
+    if back[1] then
+      add_entry(queue_key(p, queue), run, back[1], redis.call('HGET', rk, back[1] .. '.a'),
+        new_epoch, wf)
+    end
+    redis.call('HSET', rk, 'held', table.concat(back, ' ', 2))
+  elseif how == 'pin' then
+    pin(p, run, to, new_epoch, wf, table.concat(back, ' '), nil, now)
   else
-    redis.call('HSET', rk, step .. '.st', 'running', step .. '.w', me, step .. '.t0', now)
-  end
-  redis.call('XADD', p .. ':hist:' .. run, '*', 'ev', 'started', 's', step, 'w', me, 'a', attempt)
-  local res = {'run', run, step, attempt, epoch, wf, stream, id, h[10], h[8] or '0'}
-  if h[9] then
-    local names = {}
-    for name in string.gmatch(h[9], '%S+') do names[#names + 1] = name end
-    local outs = redis.call('HMGET', p .. ':out:' .. run, unpack(names))
-    for j = 1, #names do
-      res[#res + 1] = names[j]
-      res[#res + 1] = outs[j] or ''
+    redis.call('HSET', rk, 'held', table.concat(back, ' '), 'follow', to)
+    local parent = run_key(p, to)
+    local follow = redis.call('HGET', parent, 'follow')
+    if not has_word(follow, run) then
+      redis.call('HSET', parent, 'follow', (follow and follow ~= '') and (follow .. ' ' .. run) or run)
     end
   end
-  return res
+  return true
+end
+
+-- A live worker, other than `except`, that has workflow wf's code and reads queue q;
+-- `spread` (any number) picks among several. nil when there is none.
+local function capable_worker(p, wf, q, now, except, spread)
+  local live = redis.call('ZRANGEBYSCORE', p .. ':workers', '(' .. now, '+inf')
+  local n = #live
+  for k = 0, n - 1 do
+    local w = live[(spread + k) % n + 1]
+    if w ~= except then
+      local h = redis.call('HMGET', worker_key(p, w), 'workflows', 'queues', 'reaped')
+      if not h[3] and has_word(h[1], wf) and has_word(h[2], q) then return w end
+    end
+  end
+  return nil
+end
+
+-- Park a step's entry until a worker with its workflow's code comes; the run says why.
+local function wait_for_code(p, run, step, attempt, epoch, wf, now)
+  local rk = run_key(p, run)
+  redis.call('XADD', wait_key(p, wf), '*', 'r', run, 's', step, 'a', attempt, 'e', epoch, 'w', wf)
+  redis.call('SADD', p .. ':waiting', wf)
+  if not redis.call('HGET', rk, 'waiting') then
+    redis.call('HSET', rk, 'waiting', 'no_worker_with_code', 'waiting_since', now)
+    history(p, run, 'ev', 'waiting', 's', step, 'reason', 'no_worker_with_code')
+  end
 end

@@ -1,25 +1,132 @@
 -- take: a worker's read and claim, one round trip; also how it picks up, in the
 -- same round trip, what its blocking read has just delivered.
 -- KEYS[1]  {ns}:wf (routing only)
--- ARGV     prefix, worker, now_ms, workflows (" name name ... "), free,
---          want_marks ("1" or ""), (stream, mark) * n: personal stream first, then
---          the shared queues.
---          Marks are "" (a plain take: read new entries while slots are free), or the marks the worker's last plain take returned. Then
---          the worker's blocking XREADGROUP, pipelined just before this call, has
---          delivered what came after them: its pending entries with greater ids.
---          Those are claimed (those beyond free go back to the end of their stream),
---          and nothing else is read: this is the way from enqueue to a step's start,
---          so it stays short, and the worker's next take reads the rest.
--- Returns  {replies, marks}: one reply of claim_entry (lib.lua) per entry handled,
---          never more than free; marks when want_marks, on a plain take that left
---          slots free (so that no stream holds an entry not yet delivered): each
---          stream's last generated id, in order, for the next blocking read.
+-- ARGV     prefix, worker, workflows (" name name ... "), free, want_marks ("1" or ""),
+--          dead_maxlen, (stream, mark) * n: personal stream first, then the shared queues.
+--          Marks are "" (a plain take: read new entries while slots are free), or the
+--          marks the worker's last plain take returned. Then the worker's blocking
+--          XREADGROUP, pipelined just before this call, has delivered what came after
+--          them: its pending entries with greater ids. Those are claimed (those beyond
+--          free go back to the end of their stream), and nothing else is read: this is
+--          the way from enqueue to a step's start, so it stays short, and the worker's
+--          next take reads the rest.
+-- Returns  {replies, marks, live}: one claim reply (see claim) per entry handled, never
+--          more than free; marks when want_marks, on a plain take that left slots free:
+--          each stream's group last-delivered id, in order, for the next blocking read
+--          (whatever reaches a stream after the take, a root this take pinned there
+--          included, is then delivered by that read); live is 0 when the worker's
+--          heartbeat has lapsed: it claims nothing until it has beaten again (rejoined),
+--          for the reaper may be settling what it holds (Python: rstick.fetch).
 -- A delivered entry whose step already runs here at its attempt (the reply of an
 -- earlier try was lost, and redis-py sent the call again) stays pending, for the
 -- worker's recovery of stranded entries: it is not started twice.
-local p, me, now, workflows = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local left, want_marks = tonumber(ARGV[5]), ARGV[6] == '1'
+local p, me, workflows = ARGV[1], ARGV[2], ARGV[3]
+local left, want_marks, dead_max = tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6]
+local now = now_ms()
+local live = is_live(p, me, now)
+if not live then left = 0 end
+
+-- Claim one entry this worker read; kv is its flat field/value list. Replies:
+--   {"run", run, step, attempt, epoch, workflow, stream, entry_id, input, reassigned,
+--    lost, parent, output, parent, output, ...}  a step to start here
+--   {"fwd", run, step, worker}   pinned elsewhere, or moved to a worker with the code
+--   {"wait", run, step, reason}  no live worker has the code: parked, the run says why
+--   {"drop", run, step, reason}  stale or finished: acknowledged and deleted
+--   {"dead", "", "", reason}     not a valid rstick message: dead-lettered
+-- An unpinned sticky run is pinned here; its held roots go to this worker's stream.
+-- With `again` (an entry already delivered to this worker), an entry whose step
+-- already runs here at its attempt is left pending and nil returned.
+local function claim(stream, id, kv, again)
+  local f = entry_fields(kv)
+  local run, step, attempt, epoch, wf = f['r'], f['s'], f['a'], f['e'], f['w']
+  if not (run and step and attempt and epoch and wf) then
+    local reason = 'malformed entry: needs fields r, s, a, e, w'
+    local dead = {'reason', reason, 'stream', stream, 'id', id, 'worker', me}
+    for k = 1, #kv do dead[#dead + 1] = kv[k] end
+    dead_letter(p, dead_max, unpack(dead))
+    ack_delete(stream, id)
+    return {'dead', '', '', reason}
+  end
+
+  local rk = run_key(p, run)
+  local h = redis.call('HMGET', rk, 'status', 'sticky', 'worker', 'epoch', step .. '.st',
+    step .. '.a', 'held', 'reassigned', step .. '.par', 'input', step .. '.w', step .. '.lost',
+    'queue', 'follow')
+  local status, sticky, pinned, cur_epoch, st, a = h[1], h[2], h[3], h[4], h[5], h[6]
+  if again and st == 'running' and h[11] == me and a == attempt and cur_epoch == epoch
+      and active(status) then
+    return nil
+  end
+  local why = nil
+  if not status then
+    why = 'no such run'
+  elseif not active(status) then
+    why = 'run is ' .. status
+  elseif not st then
+    why = 'no such step'
+  elseif cur_epoch ~= epoch then
+    why = 'stale epoch ' .. epoch .. ' (run is at ' .. cur_epoch .. ')'
+  elseif a ~= attempt then
+    why = 'stale attempt ' .. attempt .. ' (step is at ' .. a .. ')'
+  elseif st ~= 'queued' then
+    why = 'step is ' .. st
+  end
+  if why then
+    ack_delete(stream, id)
+    return {'drop', run, step, why}
+  end
+  local sticky_run = sticky ~= 'none'
+  if sticky_run and pinned ~= '' and pinned ~= me then
+    add_entry(personal_key(p, pinned), run, step, attempt, epoch, wf)
+    ack_delete(stream, id)
+    return {'fwd', run, step, pinned}
+  end
+
+  if not has_word(workflows, wf) then
+    -- This worker lacks the code: the run waits for one that has it, never lost.
+    ack_delete(stream, id)
+    if sticky_run and pinned == me then
+      if sticky == 'soft' then  -- it may move: to whichever worker has the code
+        reassign(p, run, me, 'queue', nil, nil, nil, dead_max, now)
+        return {'drop', run, step, 'run moved: this worker lacks workflow ' .. wf}
+      end
+      wait_for_code(p, run, step, attempt, epoch, wf, now)  -- HARD: only here, later
+      return {'wait', run, step, 'worker ' .. me .. ' lacks workflow ' .. wf}
+    end
+    local spread = tonumber(string.match(id, '^%d+')) + tonumber(string.match(id, '%d+$'))
+    local other = capable_worker(p, wf, h[13], now, me, spread)
+    if other then
+      add_entry(personal_key(p, other), run, step, attempt, epoch, wf)
+      return {'fwd', run, step, other}
+    end
+    wait_for_code(p, run, step, attempt, epoch, wf, now)
+    return {'wait', run, step, 'no live worker has workflow ' .. wf}
+  end
+
+  if sticky_run and pinned == '' then
+    pin(p, run, me, epoch, wf, h[7], h[14], now)
+  end
+  if status == 'queued' then
+    redis.call('HSET', rk, step .. '.st', 'running', step .. '.w', me, step .. '.t0', now,
+      'status', 'running', 'started', now)
+  else
+    redis.call('HSET', rk, step .. '.st', 'running', step .. '.w', me, step .. '.t0', now)
+  end
+  history(p, run, 'ev', 'started', 's', step, 'w', me, 'a', attempt)
+  local res = {'run', run, step, attempt, epoch, wf, stream, id, h[10], h[8] or '0', h[12] or '0'}
+  if h[9] then
+    local names = words(h[9])
+    local outs = redis.call('HMGET', out_key(p, run), unpack(names))
+    for j = 1, #names do
+      res[#res + 1] = names[j]
+      res[#res + 1] = outs[j] or ''
+    end
+  end
+  return res
+end
+
 local out = {}
+local live_flag = live and 1 or 0
 
 if ARGV[8] ~= '' then
   local n = (#ARGV - 6) / 2
@@ -39,22 +146,18 @@ if ARGV[8] ~= '' then
       if not kv then
         redis.call('XACK', stream, GROUP, id)  -- deleted meanwhile: nothing to run
       elseif left > 0 then
-        -- The worker's clock is from before its wait; the entry's id says when it came.
-        local added = string.match(id, '^%d+')
-        if tonumber(added) > tonumber(now) then now = added end
-        local res = claim_entry(p, me, now, workflows, stream, id, kv, true)
+        local res = claim(stream, id, kv, true)
         if res then
           out[#out + 1] = res
           left = left - 1
         end
-      else
+      else  -- no slot for it (or not live): back to the end of its stream, undelivered
         redis.call('XADD', stream, '*', unpack(kv))
-        redis.call('XACK', stream, GROUP, id)
-        redis.call('XDEL', stream, id)
+        ack_delete(stream, id)
       end
     end
   end
-  return {out, {}}
+  return {out, {}, live_flag}
 end
 
 for j = 7, #ARGV, 2 do
@@ -65,7 +168,7 @@ for j = 7, #ARGV, 2 do
     -- {{stream, entries}}; fakeredis answers {stream, entries}
     local got = type(r[1]) == 'table' and r[1][2] or r[2]
     for _, e in ipairs(got) do
-      out[#out + 1] = claim_entry(p, me, now, workflows, stream, e[1], e[2])
+      out[#out + 1] = claim(stream, e[1], e[2])
     end
     left = left - #got
   end
@@ -74,13 +177,17 @@ end
 local marks = {}
 if want_marks and left > 0 then
   for j = 7, #ARGV, 2 do
-    local info = redis.call('XINFO', 'STREAM', ARGV[j])
-    for k = 1, #info, 2 do
-      if info[k] == 'last-generated-id' then
-        marks[#marks + 1] = info[k + 1]
+    local groups = redis.call('XINFO', 'GROUPS', ARGV[j])
+    for _, g in ipairs(groups) do
+      local name, last = nil, nil
+      for k = 1, #g, 2 do
+        if g[k] == 'name' then name = g[k + 1] elseif g[k] == 'last-delivered-id' then last = g[k + 1] end
+      end
+      if name == GROUP then
+        marks[#marks + 1] = last
         break
       end
     end
   end
 end
-return {out, marks}
+return {out, marks, live_flag}

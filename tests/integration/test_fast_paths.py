@@ -88,7 +88,7 @@ def test_a_blocked_worker_claims_what_it_is_handed_on_its_own_connection(
             await asyncio.wait_for(fetch, 10)
         handled, run_id = await wake(w, app, redis_url)
         assert handled == 1 and app.get_run(run_id).status.value == "succeeded"
-        w.pool.shutdown(wait=True)
+        w.threads.shutdown()
 
     asyncio.run(scenario())
 
@@ -105,7 +105,33 @@ def test_enqueue_recovers_from_lost_scripts_and_connections(app: Rstick) -> None
     after_kill = app.enqueue("job")
     for ref in (first, after_flush, after_kill):
         assert app.get_run(ref.run_id).status.value == "queued"
-    assert r.zcard(app.keys.runs) == 4
+    assert r.zcard(app.keys.runs("job")) == 4
+
+
+def test_a_long_lived_client_registers_its_workflow_again_when_redis_lost_it(
+    app: Rstick, own_server: Any
+) -> None:
+    """A restart without persistence, a FLUSHDB or a failover empties the registry; a
+    client that defined the workflow goes on enqueueing, sync and async alike."""
+    client = Rstick(redis_url=own_server.url, namespace=app.namespace)
+    define(client)
+    client.enqueue("job")
+    r = client.client.redis
+
+    async def scenario() -> None:
+        for _ in range(2):
+            r.flushall()
+            ref = client.enqueue("job")
+            assert client.get_run(ref.run_id).status.value == "queued"
+            r.flushall()
+            aref = await client.aenqueue("job")
+            assert client.get_run(aref.run_id).status.value == "queued"
+            r.flushall()
+            assert len(client.enqueue_many("job", [None, None])) == 2
+            assert r.zcard(client.keys.runs("job")) == 2
+
+    asyncio.run(scenario())
+    client.close()
 
 
 def test_a_thread_gives_its_enqueue_connection_back_when_it_ends(app: Rstick) -> None:
