@@ -21,6 +21,7 @@ rejoined, so what the reaper settles and what the worker runs never overlap.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -804,9 +805,8 @@ class Worker:
                 return await step.fn(*args, **kwargs)
             work: asyncio.Future[Any] = asyncio.ensure_future(step.fn(*args, **kwargs))
         else:
-            work = asyncio.wrap_future(
-                self.threads.submit(functools.partial(step.fn, *args, **kwargs))
-            )
+            thread = self.threads.submit(functools.partial(step.fn, *args, **kwargs))
+            work = asyncio.wrap_future(thread)
             if step.timeout is None:
                 return await work
         try:
@@ -816,20 +816,30 @@ class Worker:
             raise
         if done:
             return work.result()
-        work.cancel()  # a coroutine stops here, if it honours the cancel; a thread does not
         if step.is_async:
+            work.cancel()  # it stops here, if it honours the cancel
             done, _ = await asyncio.wait([work], timeout=CANCEL_GRACE)
-        if not done:
-            self._abandon(job, work)
+            if not done:
+                self._abandon(job, work)
+        else:  # a thread cannot be stopped: it runs on, to its end
+            self._abandon(job, thread)
         raise StepTimeout(f"step {step.name!r} timed out after {step.timeout}s")
 
-    def _abandon(self, job: Job, work: asyncio.Future[Any]) -> None:
+    def _abandon(
+        self, job: Job, work: asyncio.Future[Any] | concurrent.futures.Future[Any]
+    ) -> None:
         """A step past its timeout that goes on running: its thread (or coroutine) is
         left to finish, and the worker keeps its full capacity meanwhile; past
         ``max_hung`` of them it stops, so that its supervisor starts a fresh process."""
         key = job.key
         self.hung.add(key)
-        work.add_done_callback(lambda _: self.hung.discard(key))
+        loop = asyncio.get_running_loop()
+
+        def ended(_: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: we are gone
+                loop.call_soon_threadsafe(self.hung.discard, key)
+
+        work.add_done_callback(ended)
         log.warning(
             "%s/%s ignored its timeout and goes on running (%s hung, limit %d)",
             job.run_id,

@@ -21,6 +21,7 @@ from rstick import (
     StickyStrategy,
     Worker,
 )
+from rstick.reaper import Reaper
 
 
 def define(app: Rstick) -> None:
@@ -608,3 +609,89 @@ def test_runs_show_links_the_parent_and_its_child(
     assert shown["parent_status"] == "succeeded"
     assert child in show(parent.run_id)
     assert f"{parent.run_id}/spawn (succeeded)" in show(child)
+
+
+# -- a sticky child goes where its parent goes -------------------------------------
+
+
+def define_family(app: Rstick, parent: StickyStrategy) -> None:
+    @app.workflow(sticky=StickyStrategy.SOFT)
+    class SoftKid:
+        @app.step()
+        def work(self, ctx: Context) -> str:
+            return ctx.worker.id()
+
+    @app.workflow(sticky=StickyStrategy.HARD)
+    class HardKid:
+        @app.step()
+        def work(self, ctx: Context) -> str:
+            return ctx.worker.id()
+
+    @app.workflow(sticky=parent)
+    class Family:
+        @app.step()
+        def spawn(self, ctx: Context) -> str:
+            return ctx.spawn_workflow(ctx.input, None, sticky=True).run_id
+
+        @app.step(parents=["spawn"])
+        def use(self, ctx: Context) -> str:
+            return ctx.worker.id()
+
+
+@pytest.mark.parametrize("kid", ["SoftKid", "HardKid"])
+def test_a_sticky_child_moves_with_its_soft_parent(app: Rstick, kid: str) -> None:
+    """Its own strategy aside, a sticky child belongs on its parent's worker: when a
+    SOFT parent moves, the child follows it to whichever worker it lands on."""
+    define_family(app, StickyStrategy.SOFT)
+    parent = app.enqueue("Family", kid)
+
+    async def scenario() -> None:
+        w1, w2 = Worker(app, worker_id="w1", concurrency=1), Worker(app, worker_id="w2")
+        await w1.start()
+        await w2.start()
+        await w1.run_once()  # spawn ran on w1: the child is pinned there, not yet run
+        spawned = app.get_run(parent.run_id).children
+        assert len(spawned) == 1 and app.get_run(spawned[0]).worker == "w1"
+        await app.client.aredis.zadd(app.keys.workers, {"w1": 0})  # w1 dies
+        report = await Reaper(app, "w2").reap(lead=False)
+        assert report.runs["reassigned"] == [parent.run_id]
+        assert report.runs["follows parent"] == spawned
+        child = app.get_run(spawned[0])
+        assert child.worker is None and child.status.value == "queued"
+        for _ in range(5):
+            await w2.run_once()
+        assert app.get_run(spawned[0]).worker == "w2"
+
+    run(scenario())
+    assert parent.result(timeout=1)["use"] == "w2"
+    [kid_id] = app.get_run(parent.run_id).children
+    assert RunRef(app.client, kid_id).result(timeout=1) == {"work": "w2"}
+    pins = [e for e in app.client.history(kid_id) if e["ev"] == "pinned"]
+    assert [(e["w"], e.get("reason")) for e in pins] == [("w2", "follows its parent")]
+
+
+def test_a_sticky_child_of_a_hard_parent_parks_with_it(app: Rstick) -> None:
+    define_family(app, StickyStrategy.HARD)
+    parent = app.enqueue("Family", "SoftKid")
+
+    async def scenario() -> None:
+        w1 = Worker(app, worker_id="w1", concurrency=1)
+        await w1.start()
+        await w1.run_once()
+        [kid_id] = app.get_run(parent.run_id).children
+        await app.client.aredis.zadd(app.keys.workers, {"w1": 0})
+        report = await Reaper(app, "x").reap(lead=False)
+        assert sorted(report.runs["parked"]) == sorted([parent.run_id, kid_id])
+        w2 = Worker(app, worker_id="w2")
+        await w2.start()
+        for _ in range(3):
+            assert await w2.run_once() == 0  # nothing of either runs elsewhere
+        back = Worker(app, worker_id="w1")
+        await back.start()
+        for _ in range(5):
+            await back.run_once()
+
+    run(scenario())
+    assert parent.result(timeout=1)["use"] == "w1"
+    [kid_id] = app.get_run(parent.run_id).children
+    assert RunRef(app.client, kid_id).result(timeout=1) == {"work": "w1"}

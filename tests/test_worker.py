@@ -13,6 +13,7 @@ from drive import drain, run, run_until_idle, started
 
 from rstick import Context, Rstick, RunFailed, RunStatus, StepStatus, StickyStrategy, Worker
 from rstick.keys import GROUP
+from rstick.reaper import Reaper
 
 LATER = 10_000  # seconds: far enough ahead that every backoff here is due
 
@@ -410,3 +411,70 @@ def test_a_corrupt_input_fails_the_step_and_is_dead_lettered(app: Rstick) -> Non
     assert info.value.error_type == "CorruptPayload"
     [letter] = app.client.dead_letters()
     assert (letter["reason"], letter["r"], letter["s"]) == ("corrupt payload", ref.run_id, "job")
+
+
+def test_a_step_whose_worker_was_lost_keeps_its_retries(app: Rstick, clock: FakeClock) -> None:
+    """Losses are bounded by max_deliveries; retries are for the step's own errors."""
+    tries: list[int] = []
+
+    @app.task(retries=1, backoff=1)
+    def flaky(ctx: Context) -> int:
+        tries.append(ctx.attempt)
+        if len(tries) == 1:
+            raise RuntimeError("its one error")
+        return ctx.attempt
+
+    ref = app.enqueue("flaky")
+
+    async def scenario() -> None:
+        async with started(app, "w1", "w2") as (w1, w2):
+            marks = [x for stream in w1.streams for x in (stream, "")]
+            await w1.scripts.take(  # w1 takes attempt 1 and dies with it
+                keys=[app.keys.workflows],
+                args=[app.keys.prefix, "w1", " flaky ", 1, "", 10, *marks],
+            )
+            clock.advance(app.worker_ttl + 1)
+            await w2.beat()
+            await Reaper(app, "w2").reap(lead=False)
+            assert await w2.run_once() == 1  # attempt 2: the step's first error
+            assert await skip_ahead(w2, clock) == 1  # retried all the same
+            await drain(w2)
+
+    run(scenario())
+    assert tries == [2, 3]
+    assert ref.result(timeout=1) == 3
+
+
+def test_a_completion_resent_after_a_lost_reply_is_applied_once(app: Rstick) -> None:
+    @app.workflow()
+    class Two:
+        @app.step()
+        def a(self, ctx: Context) -> int:
+            return 1
+
+        @app.step(parents=["a"])
+        def b(self, ctx: Context) -> int:
+            return 2
+
+    ref = app.enqueue("Two")
+
+    async def scenario() -> None:
+        async with started(app, "w1") as [w1]:
+            await w1.fetch(None)
+            await asyncio.wait(list(w1.running.values()))
+            [sent] = w1.outcomes
+            await w1.flush()
+            w1.outcomes = [sent]  # the reply was lost: the worker sends it again
+            args = [app.keys.prefix, "w1", app.dead_maxlen, 1, *sent]
+            assert await w1.scripts.complete(keys=[app.keys.workflows], args=args) == [
+                b"applied before"
+            ]
+            w1.outcomes = []
+            await drain(w1)
+
+    run(scenario())
+    assert ref.result(timeout=1) == {"a": 1, "b": 2}
+    assert [e["s"] for e in app.client.history(ref.run_id) if e["ev"] == "succeeded"] == [
+        "a",
+        "b",
+    ]

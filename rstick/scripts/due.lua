@@ -38,7 +38,7 @@ if redis.call('SCARD', p .. ':waiting') > 0 then
         local rk = run_key(p, f['r'])
         local h = redis.call('HMGET', rk, 'status', 'epoch', f['s'] .. '.a', f['s'] .. '.st',
           'sticky', 'worker', 'queue')
-        local pinned = h[5] ~= 'none' and h[6] ~= ''
+        local pinned = h[5] ~= 'none' and h[6] and h[6] ~= ''
         local stale = not (active(h[1]) and h[2] == f['e'] and h[3] == f['a'] and h[4] == 'queued')
         if stale then
           redis.call('XDEL', wk, e[1])

@@ -51,7 +51,7 @@ local function words(s)
 end
 
 local function has_word(list, word)
-  return list ~= nil and string.find(' ' .. list .. ' ', ' ' .. word .. ' ', 1, true) ~= nil
+  return list and string.find(' ' .. list .. ' ', ' ' .. word .. ' ', 1, true) ~= nil or false
 end
 
 local function active(status) return status == 'queued' or status == 'running' end
@@ -152,7 +152,7 @@ local function pin(p, run, me, epoch, wf, held, follow, now)
     for _, child in ipairs(words(follow)) do
       local ck = run_key(p, child)
       local c = redis.call('HMGET', ck, 'status', 'worker', 'follow', 'held', 'epoch', 'wf')
-      if active(c[1]) and (c[2] == nil or c[2] == '') and c[3] == run then
+      if active(c[1]) and (not c[2] or c[2] == '') and c[3] == run then
         redis.call('HDEL', ck, 'follow')
         redis.call('HSET', ck, 'worker', me, 'held', '')
         redis.call('SADD', pinned_key(p, me), child)

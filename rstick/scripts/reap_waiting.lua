@@ -38,7 +38,7 @@ for _, e in ipairs(redis.call('XRANGE', wk, '-', '+', 'COUNT', limit)) do
   else
     local timeout = tonumber(h[10]) or tonumber(h[9])
     local since = tonumber(h[8]) or now
-    local pinned = h[5] ~= 'none' and h[6] ~= ''
+    local pinned = h[5] ~= 'none' and h[6] and h[6] ~= ''
     local stuck = (pinned and live[h[6]] ~= nil) or (not pinned and served(h[7]))
     if stuck and now - since >= timeout * 1000 then
       history(p, run, 'ev', 'timed out', 's', step, 'reason', 'no_worker_with_code')

@@ -1,0 +1,232 @@
+"""Who is alive, by Redis's clock: heartbeats, each worker's own ttl, grace after an
+outage, a worker declared dead that rejoins, and two processes with one id."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from clock import FakeClock
+from drive import drain, run, started
+
+from rstick import Context, Rstick, StickyStrategy, Worker
+from rstick.errors import WorkerIdInUse
+from rstick.reaper import Reaper
+
+
+def define(app: Rstick) -> asyncio.Event:
+    """A task that runs until the returned event is set, and a quick one."""
+    gate = asyncio.Event()
+
+    @app.task
+    async def held(ctx: Context) -> str:
+        await gate.wait()
+        return ctx.worker.id()
+
+    @app.task
+    def quick(ctx: Context) -> str:
+        return ctx.worker.id()
+
+    @app.workflow(sticky=StickyStrategy.SOFT)
+    class Pair:
+        @app.step()
+        def a(self, ctx: Context) -> str:
+            return ctx.worker.id()
+
+        @app.step(parents=["a"])
+        def b(self, ctx: Context) -> str:
+            return ctx.worker.id()
+
+    return gate
+
+
+def events(app: Rstick, run_id: str, ev: str) -> list[dict[str, Any]]:
+    return [e for e in app.client.history(run_id) if e["ev"] == ev]
+
+
+def test_a_worker_is_judged_by_its_own_ttl_on_redis_time(app: Rstick, clock: FakeClock) -> None:
+    define(app)
+    patient = Rstick(redis_url="redis://fake", namespace=app.namespace, worker_ttl=60)
+    patient.client.use(sync=app.client.redis, aio=app.client.aredis)
+
+    async def scenario() -> None:
+        async with started(app, "quick"), started(patient, "slow"):
+            clock.advance(30)  # past the reaper's ttl (10 s), within slow's own (60 s)
+            report = await Reaper(app, "quick").reap(lead=False)
+            assert report.dead_workers == ["quick"]
+            alive = {w.worker_id: w.alive for w in app.list_workers()}
+            assert alive == {"slow": True}
+            clock.advance(31)
+            report = await Reaper(app, "x").reap(lead=False)
+            assert report.dead_workers == ["slow"]
+
+    run(scenario())
+
+
+def test_a_heartbeat_moves_the_deadline_by_redis_time(app: Rstick, clock: FakeClock) -> None:
+    define(app)
+
+    async def scenario() -> None:
+        async with started(app, "w1") as [w1]:
+            redis = app.client.redis
+            assert redis.zscore(app.keys.workers, "w1") == clock.ms() + 10_000
+            clock.advance(7)
+            await w1.beat()
+            assert redis.zscore(app.keys.workers, "w1") == clock.ms() + 10_000
+
+    run(scenario())
+
+
+def test_the_first_beat_after_an_outage_gives_every_worker_its_ttl_again(
+    app: Rstick, clock: FakeClock
+) -> None:
+    define(app)
+    patient = Rstick(redis_url="redis://fake", namespace=app.namespace, worker_ttl=60)
+    patient.client.use(sync=app.client.redis, aio=app.client.aredis)
+
+    async def scenario() -> None:
+        async with started(app, "w1", "w2") as (w1, _), started(patient, "w3"):
+            clock.advance(100)  # Redis was away: every deadline went by
+            await w1.beat(grace=True)
+            redis = app.client.redis
+            deadlines = dict(redis.zrange(app.keys.workers, 0, -1, withscores=True))
+            assert deadlines == {
+                b"w1": clock.ms() + 10_000,
+                b"w2": clock.ms() + 10_000,
+                b"w3": clock.ms() + 60_000,  # its own ttl
+            }
+            assert not (await Reaper(app, "w1").reap(lead=False)).dead_workers
+
+    run(scenario())
+
+
+def test_grace_does_not_revive_a_worker_already_declared_dead(
+    app: Rstick, clock: FakeClock
+) -> None:
+    define(app)
+
+    @app.workflow(sticky=StickyStrategy.HARD)
+    class Hard:
+        @app.step()
+        def a(self, ctx: Context) -> None: ...
+
+    app.enqueue("Hard")
+
+    async def scenario() -> None:
+        async with started(app, "w1", "w2") as (w1, w2):
+            w2.concurrency = 1
+            assert await w2.fetch(None) == 1  # it holds a parked run: it is not forgotten
+            clock.advance(11)
+            await w1.beat()
+            assert (await Reaper(app, "w1").reap(lead=False)).dead_workers == ["w2"]
+            await w1.beat(grace=True)
+            assert app.client.redis.zscore(app.keys.workers, "w2") < clock.ms()
+            await w2.beat()
+            assert w2._rejoin == "reaped"
+
+    run(scenario())
+
+
+def test_a_rejoining_worker_never_loses_a_step_it_claimed_after_waking(
+    app: Rstick, clock: FakeClock
+) -> None:
+    """The bug: a worker declared dead ran the restart reaper over its own pending
+    list when it rejoined, and lost the steps it had claimed meanwhile, again and
+    again, until a healthy run failed as PoisonMessage."""
+    gate = define(app)
+    first = app.enqueue("held")
+
+    async def scenario() -> None:
+        async with started(app, "w1", "w2", concurrency=20) as (w1, w2):
+            assert await w1.fetch(None) == 1  # first: running on w1
+            clock.advance(11)  # w1 paused past its ttl
+            await w2.beat()
+            report = await Reaper(app, "w2").reap(lead=False)
+            assert report.dead_workers == ["w1"] and report.redispatched == 1
+            # Awake again: it may not claim before it rejoined.
+            later = [app.enqueue("held") for _ in range(5)]
+            assert await w1.fetch(None) == 0 and not w1.live.is_set()
+            await w1.beat()
+            assert w1._rejoin == "reaped"
+            await w1._rejoin_now()
+            assert w1.live.is_set()
+            # Now it claims, among others, attempt 2 of the first run.
+            assert await w1.fetch(None) == 6
+            for _ in range(3):  # beats, passes and recoveries go by: nothing moves
+                clock.advance(2)
+                await w1.beat()
+                await w2.beat()
+                await Reaper(app, "w2").reap(lead=False)
+                assert await w1.recover_stranded() == 0
+            gate.set()
+            await asyncio.wait(list(w1.running.values()))
+            await w1.flush()
+            await drain(w1, w2)
+            for ref in later:
+                assert events(app, ref.run_id, "lost") == []
+                assert ref.result(timeout=1) == "w1"
+            assert first.result(timeout=1) == "w1"
+            assert [e["a"] for e in events(app, first.run_id, "lost")] == ["1"]
+            assert [e["a"] for e in events(app, first.run_id, "succeeded")] == ["2"]
+
+    run(scenario())
+
+
+def test_a_worker_whose_record_redis_lost_registers_again(app: Rstick) -> None:
+    define(app)
+
+    async def scenario() -> None:
+        async with started(app, "w1") as [w1]:
+            app.client.redis.flushall()  # a restart without persistence
+            await w1.beat()
+            assert w1._rejoin == "unknown"
+            await w1._rejoin_now()
+            ref = app.enqueue("quick")  # the registry is back: other clients may enqueue
+            assert await drain(w1) == 1
+            assert ref.result(timeout=1) == "w1"
+
+    run(scenario())
+
+
+# -- one id, two processes --------------------------------------------------------
+
+
+def test_a_second_process_waits_for_the_first_ones_heartbeat_to_lapse(
+    app: Rstick, clock: FakeClock
+) -> None:
+    define(app)
+
+    async def scenario() -> None:
+        first = Worker(app, worker_id="w1")
+        await first.start()
+        second = Worker(app, worker_id="w1")
+        joining = asyncio.create_task(second.start())
+        await asyncio.sleep(0.05)
+        assert not joining.done()  # the first one's deadline holds
+        clock.advance(app.worker_ttl)  # it stopped beating (crashed)
+        await asyncio.wait_for(joining, 5)
+        holder = app.client.redis.hget(app.keys.worker("w1"), "instance")
+        assert holder == second.instance.encode()
+        await first.beat()  # the old process, should it wake: its id is taken
+        assert first.stopping and first.exit_code == 1 and not first._hand_off
+
+    run(scenario())
+
+
+def test_a_second_process_gives_up_while_the_first_one_beats() -> None:
+    import fakeredis
+
+    server = fakeredis.FakeServer()
+    app = Rstick(redis_url="redis://fake", namespace="dup", heartbeat=0.05, worker_ttl=0.2)
+    app.client.use(
+        sync=fakeredis.FakeRedis(server=server), aio=fakeredis.FakeAsyncRedis(server=server)
+    )
+    define(app)
+
+    async def scenario() -> None:
+        await Worker(app, worker_id="w1").start()
+        with pytest.raises(WorkerIdInUse, match=r"worker id w1 is in use by pid \d+ on "):
+            await Worker(app, worker_id="w1").start()
+
+    run(scenario())
