@@ -38,6 +38,7 @@ class Scripts:
     forget: Any
     cancel: Any
     reap_waiting: Any
+    orphan: Any
 
     @classmethod
     def register(cls, client: Any) -> Scripts:

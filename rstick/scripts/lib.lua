@@ -80,10 +80,10 @@ local function finish(p, run, status, now)
   redis.call('HDEL', rk, 'parked', 'waiting', 'waiting_since', 'follow')
   if h[1] and h[1] ~= '' then redis.call('SREM', pinned_key(p, h[1]), run) end
   local ttl = tonumber(h[2])
-  for _, k in ipairs({rk, out_key(p, run), hist_key(p, run)}) do
-    redis.call('EXPIRE', k, ttl)
-  end
   history(p, run, 'ev', 'finished', 'status', status)
+  for _, k in ipairs({rk, out_key(p, run), hist_key(p, run)}) do
+    if ttl > 0 then redis.call('EXPIRE', k, ttl) else redis.call('DEL', k) end
+  end
   redis.call('PUBLISH', p .. ':done:' .. run, status)
 end
 
