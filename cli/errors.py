@@ -8,7 +8,9 @@ import click
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .settings import Settings, hide_password
+from rstick.credentials import hide_password
+
+from .settings import Settings
 
 
 class Fail(click.ClickException):

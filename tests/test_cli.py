@@ -19,10 +19,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from rstick import Context, Rstick, StickyStrategy, Worker
+from rstick.credentials import hide_password
 from rstick_cli import settings
 from rstick_cli.main import cli
 from rstick_cli.render import duration, table
-from rstick_cli.settings import hide_password
 from rstick_cli.worker import load_app
 
 _namespaces = itertools.count()
