@@ -6,9 +6,10 @@ import inspect
 import json
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from .credentials import hide_password
 from .errors import DefinitionError
 from .keys import Keys
 from .records import StickyStrategy
@@ -199,6 +200,13 @@ class Rstick:
         if self.worker_ttl <= self.heartbeat:
             raise ValueError("worker_ttl must be longer than heartbeat")
         self._client: Client | None = None
+
+    def __repr__(self) -> str:
+        # The dataclass's own repr would print the password of the URL.
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+        shown["redis_url"] = hide_password(str(self.redis_url))
+        shown["workflows"] = list(self.workflows)
+        return f"Rstick({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @property
     def keys(self) -> Keys:
