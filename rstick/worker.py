@@ -36,6 +36,7 @@ from .codec import pack, unpack
 from .context import Context
 from .errors import StepTimeout
 from .keys import GROUP
+from .plural import plural
 from .reaper import Reaper, ReapReport
 from .scripts import Scripts
 
@@ -201,8 +202,8 @@ class Worker:
             log.warning("second stop signal: exiting now")
             os._exit(1)
         log.info(
-            "stopping: finishing %d running steps (at most %.0fs)",
-            len(self.running),
+            "stopping: finishing %s (at most %.0fs)",
+            plural(len(self.running), "running step"),
             self.drain_timeout,
         )
         self.stopping = True
@@ -231,8 +232,8 @@ class Worker:
             _, late = await asyncio.wait(list(self.running.values()), timeout=self.drain_timeout)
             if late:
                 log.warning(
-                    "%d steps did not finish in %.0fs; they will be re-run",
-                    len(late),
+                    "%s did not finish in %.0fs; they will be re-run",
+                    plural(len(late), "step"),
                     self.drain_timeout,
                 )
                 for task in late:
@@ -269,9 +270,9 @@ class Worker:
         await self.redis.zadd(self.keys.workers, {self._id: 0})
         report = await self.reaper.reap_worker(self._id, "dead")
         log.info(
-            "worker %s stopped after %d steps (%s)",
+            "worker %s stopped after %s (%s)",
             self._id,
-            self.steps_done,
+            plural(self.steps_done, "step"),
             report.summary() if report else "nothing to hand off",
         )
 
@@ -485,9 +486,13 @@ class Worker:
     def _start(self, reply: list[Any]) -> None:
         """Start the step a claim reply hands us; log the entries it did not."""
         kind, run_id, step_name = (_text(x) for x in reply[:3])
+        if kind == "dead":
+            what = f"entry {_text(reply[5])} of {_text(reply[4])}"
+            what += f" (run {run_id}, step {step_name})" if run_id or step_name else ""
+            log.warning("dead-lettered %s: %s", what, _text(reply[3]))
+            return
         if kind != "run":
-            level = logging.WARNING if kind == "dead" else logging.DEBUG
-            log.log(level, "%s %s/%s: %s", kind, run_id, step_name, _text(reply[3]))
+            log.debug("%s %s/%s: %s", kind, run_id, step_name, _text(reply[3]))
             return
         attempt, epoch, wf = int(reply[3]), int(reply[4]), self.app.workflows[_text(reply[5])]
         step = wf.steps.get(step_name) or _missing_step(wf.name, step_name)

@@ -414,3 +414,11 @@ def test_a_corrupt_input_fails_the_step_and_is_dead_lettered(app: Rstick) -> Non
     assert info.value.error_type == "CorruptPayload"
     [letter] = app.client.dead_letters()
     assert (letter["reason"], letter["r"], letter["s"]) == ("corrupt payload", ref.run_id, "job")
+
+
+def test_the_stop_log_line_counts_in_words(app: Rstick, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="rstick")
+    worker = Worker(app, worker_id="w1", drain_timeout=30)
+    worker.running["one"] = None  # type: ignore[assignment]  # only counted here
+    worker.request_stop()
+    assert "stopping: finishing 1 running step (at most 30s)" in caplog.messages

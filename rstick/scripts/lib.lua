@@ -70,7 +70,8 @@ end
 --    parent, output, parent, output, ...}
 --   {"fwd", run, step, worker}   pinned elsewhere: moved to that worker's stream
 --   {"drop", run, step, reason}  stale or finished: acknowledged and deleted
---   {"dead", "", "", reason}     not a valid rstick message: dead-lettered
+--   {"dead", run, step, reason, stream, id}  not a valid rstick message: dead-lettered
+--                                 (run and step "" when the entry lacks them)
 -- An unpinned sticky run is pinned here; its held roots go to this worker's stream.
 -- With `again` (an entry already delivered to this worker, see take.lua), an entry
 -- whose step already runs here at its attempt is left pending and nil returned.
@@ -93,7 +94,7 @@ local function claim_entry(p, me, now, workflows, stream, id, kv, again)
     for k = 1, #kv do dead[#dead + 1] = kv[k] end
     redis.call('XADD', p .. ':dead', '*', unpack(dead))
     forget()
-    return {'dead', '', '', reason}
+    return {'dead', run or '', step or '', reason, stream, id}
   end
 
   local rk = p .. ':run:' .. run
