@@ -78,7 +78,7 @@ def enqueue(
     try:
         ref = app.enqueue(workflow, data, run_id=run_id, delay=delay)
     except UnknownWorkflow as exc:
-        raise Fail(str(exc)) from None
+        raise BadInput(str(exc)) from None
     except SerializationError as exc:  # e.g. an integer beyond 64 bits
         raise BadInput(f"--input: {exc}") from None
     if not wait:
