@@ -74,6 +74,8 @@ class World:
 
     def serve(self, worker_id: str = "w1", passes: int = 4) -> Worker:
         """Register the worker, then run what is queued, a few non-blocking passes."""
+        # An asyncio client per event loop: redis-py before 8 binds one to its first loop.
+        self.app.client.use(aio=fakeredis.FakeAsyncRedis(server=self.server))
         worker = Worker(self.app, worker_id=worker_id)
 
         async def go() -> None:
