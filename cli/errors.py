@@ -45,10 +45,11 @@ def redis_failure(url: str, exc: RedisError) -> str:
     if login is not None:
         return login
     reason = str(exc) or type(exc).__name__
-    if isinstance(exc, OutOfMemoryError):
-        return f"Redis at {shown} is out of memory (maxmemory) and refuses writes: {reason}"
-    if isinstance(exc, ReadOnlyError):
-        return f"Redis at {shown} is a read-only replica and refuses writes: {reason}"
+    # Inside a script the refusal comes as a script error that quotes Redis's reply.
+    if isinstance(exc, OutOfMemoryError) or "OOM command not allowed" in reason:
+        return f"Redis at {shown} is out of memory (used memory > maxmemory) and refuses writes"
+    if isinstance(exc, ReadOnlyError) or "READONLY" in reason:
+        return f"Redis at {shown} is a read-only replica and refuses writes"
     if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
         return f"cannot reach Redis at {shown}: {reason}"
     return f"Redis at {shown} refused the command: {type(exc).__name__}: {reason}"

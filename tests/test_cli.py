@@ -631,13 +631,15 @@ def test_a_url_that_is_not_redis_is_one_line_and_exit_2() -> None:
     [
         (
             OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
-            "Redis at redis://fake is out of memory (maxmemory) and refuses writes: "
-            "command not allowed when used memory > 'maxmemory'.",
+            "Redis at redis://fake is out of memory (used memory > maxmemory) and refuses writes",
         ),
         (
             ReadOnlyError("You can't write against a read only replica."),
-            "Redis at redis://fake is a read-only replica and refuses writes: "
-            "You can't write against a read only replica.",
+            "Redis at redis://fake is a read-only replica and refuses writes",
+        ),
+        (
+            ResponseError("Error running script: -OOM command not allowed when used memory"),
+            "Redis at redis://fake is out of memory (used memory > maxmemory) and refuses writes",
         ),
         (
             ResponseError("ERR something else"),

@@ -1,0 +1,90 @@
+"""The ``rstick`` command as a user runs it, on a real Redis: Ctrl-C while waiting,
+Redis over its memory limit, a password-protected server."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import redis
+
+from rstick.keys import Keys
+from rstick.server import RedisServer
+from tests.integration import chaos_app
+from tests.integration.procs import ROOT, WorkerProcs, rstick_command, subprocess_env, wait_for
+
+APP = "tests.integration.chaos_app:app"
+
+
+def start_cli(url: str, namespace: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*rstick_command(), *args, "--redis", url, "--namespace", namespace],
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run_cli(url: str, namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = start_cli(url, namespace, *args)
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_ctrl_c_while_waiting_prints_the_run_and_exits_130(
+    workers: WorkerProcs, redis_url: str, namespace: str, tmp_path: Path, as_json: bool
+) -> None:
+    workers.start("w1", APP)
+    workers.ready()
+    run_id = f"held-{as_json}"
+    data = json.dumps({"dir": str(tmp_path), "hold": ["job:1"]})
+    args = ["enqueue", "job", "--input", data, "--run-id", run_id, "--wait"]
+    waiter = start_cli(redis_url, namespace, *args, *(["--json"] if as_json else []))
+    try:
+        # The step runs (and waits for the test), and the command waits for its end.
+        wait_for((tmp_path / f"{run_id}.job.1.held").exists, 30, "the step to start")
+        done_channel = workers.client.keys.done(run_id)
+        r = redis.Redis.from_url(redis_url)
+        wait_for(
+            lambda: r.pubsub_numsub(done_channel)[0][1] == 1, 30, "the command to wait for the run"
+        )
+        waiter.send_signal(signal.SIGINT)
+        out, err = waiter.communicate(timeout=30)
+    finally:
+        waiter.kill()
+        (tmp_path / f"{run_id}.job.release").touch()
+    assert waiter.returncode == 130
+    follow = f"follow it with `rstick runs show {run_id}`"
+    assert err == f"rstick: interrupted; run {run_id} is running: {follow}\n"
+    if as_json:
+        assert json.loads(out) == {"run_id": run_id, "status": "running"}
+    else:
+        assert out == f"{run_id}\n"
+    assert "Aborted" not in out + err and "Traceback" not in err
+
+
+def test_enqueue_on_a_redis_over_its_memory_limit_is_one_line_and_exit_1(
+    own_server: RedisServer,
+) -> None:
+    url = own_server.url
+    admin = redis.Redis.from_url(url)
+    admin.hset(Keys("oom").workflows, "job", chaos_app.app.workflows["job"].to_json())
+    assert run_cli(url, "oom", "enqueue", "job").returncode == 0
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", 1)  # anything is over it now
+    try:
+        result = run_cli(url, "oom", "enqueue", "job", "--input", '{"x": 1}')
+    finally:
+        admin.config_set("maxmemory", 0)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"rstick: Redis at {url} is out of memory (used memory > maxmemory) and refuses writes\n"
+    )
+    assert result.stdout == ""
