@@ -10,9 +10,9 @@ import traceback
 
 import click
 
-from rstick import Rstick, Worker
+from rstick import LoginFailed, Rstick, Worker
 
-from .errors import BadInput
+from .errors import BadInput, Fail
 from .settings import Settings, check_url, connection_options
 
 
@@ -153,4 +153,7 @@ def worker(
         drain_timeout=drain_timeout,
     )
     setup_logging(serving.id(), verbose)
-    serving.run()
+    try:
+        serving.run()
+    except LoginFailed as exc:
+        raise Fail(str(exc)) from None

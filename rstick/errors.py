@@ -35,6 +35,10 @@ class SchedulingTimeout(RstickError):
     """A HARD run's worker did not come back before the run's deadline."""
 
 
+class LoginFailed(RstickError):
+    """Redis refused the credentials of the URL (a wrong or missing password)."""
+
+
 class RunNotFound(RstickError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"run {run_id!r} not found")

@@ -34,7 +34,8 @@ from .app import Rstick, StepDef, WorkflowDef
 from .blocking import BlockingConnection
 from .codec import pack, unpack
 from .context import Context
-from .errors import StepTimeout
+from .credentials import hide_password, login_failure
+from .errors import LoginFailed, StepTimeout
 from .keys import GROUP
 from .plural import plural
 from .reaper import Reaper, ReapReport
@@ -179,7 +180,7 @@ class Worker:
     async def main(self) -> None:
         """Start (waiting for Redis if it is down), serve until a stop is
         requested, drain, hand off."""
-        backoff = Backoff("start")
+        backoff = Backoff("start", self.app.redis_url)
         while not self.stopping:
             try:
                 await self.start()
@@ -193,7 +194,15 @@ class Worker:
             asyncio.create_task(self._complete_loop(), name="complete"),
             asyncio.create_task(self._tick_loop(), name="tick"),
         ]
-        await self._stop_requested.wait()
+        # A refused login ends the loop that met it (see Backoff): the worker stops.
+        stop = asyncio.create_task(self._stop_requested.wait())
+        await asyncio.wait([stop, *loops], return_when=asyncio.FIRST_COMPLETED)
+        ended = [t.exception() for t in loops if t.done() and not t.cancelled()]
+        if ended:
+            self.stopping = True
+            await _cancel(stop)
+            await self._drain(loops)
+            raise ended[0] or RuntimeError("a worker loop ended")
         await self._drain(loops)
 
     def request_stop(self) -> None:
@@ -254,7 +263,7 @@ class Worker:
     async def _final_flush(self) -> None:
         """Deliver what is left, retrying a lost connection for a few seconds; an
         outcome that cannot be delivered leaves its entry pending, to be re-run."""
-        backoff = Backoff("final flush", cap=1.0)
+        backoff = Backoff("final flush", self.app.redis_url, cap=1.0)
         for _ in range(10):
             try:
                 await self.flush()
@@ -279,7 +288,7 @@ class Worker:
     # -- the loops ---------------------------------------------------------
 
     async def _fetch_loop(self) -> None:
-        backoff = Backoff("read")
+        backoff = Backoff("read", self.app.redis_url)
         # A reply lost with the connection can leave entries pending on this worker
         # that it never started: look for them after an error, and every worker_ttl
         # (redis-py retries some errors without telling us).
@@ -311,7 +320,7 @@ class Worker:
                 await backoff.wait(RuntimeError("fetch failed"))
 
     async def _complete_loop(self) -> None:
-        backoff = Backoff("complete")
+        backoff = Backoff("complete", self.app.redis_url)
         while True:
             await self._outcome_ready.wait()
             self._outcome_ready.clear()
@@ -327,7 +336,7 @@ class Worker:
         and reap if this worker holds the leader lock."""
         # Retry no slower than the heartbeat, so that after an outage every worker
         # beats again within one heartbeat of Redis coming back.
-        backoff = Backoff("tick", cap=self.app.heartbeat)
+        backoff = Backoff("tick", self.app.redis_url, cap=self.app.heartbeat)
         next_beat = 0.0
         # After an outage every heartbeat in Redis is old: reaping before the others
         # had time to beat again would declare live workers dead.
@@ -700,18 +709,25 @@ def _missing_step(workflow: str, step: str) -> StepDef:
 
 
 class Backoff:
-    """Exponential backoff for a loop that lost Redis: one log line per attempt."""
+    """Exponential backoff for a loop that lost Redis: one log line per attempt, naming
+    the URL (password hidden). A refused login is no outage: retrying cannot fix the
+    credentials, so it raises LoginFailed."""
 
-    def __init__(self, what: str, first: float = 0.1, cap: float = 5.0) -> None:
+    def __init__(self, what: str, url: str | None = None, first: float = 0.1, cap: float = 5.0):
         self.what, self.first, self.cap = what, first, cap
+        self.url = str(url)
         self.delay = first
 
     def reset(self) -> None:
         self.delay = self.first
 
     async def wait(self, exc: BaseException) -> None:
+        login = login_failure(self.url, exc)
+        if login is not None:
+            raise LoginFailed(login)
         log.warning(
-            "redis unavailable (%s: %s); %s retrying in %.1fs",
+            "redis unavailable at %s (%s: %s); %s retrying in %.1fs",
+            hide_password(self.url),
             type(exc).__name__,
             exc,
             self.what,

@@ -7,12 +7,13 @@ import json
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from rstick.keys import Keys
-from rstick.server import RedisServer
+from rstick.server import RedisServer, free_port
 from tests.integration import chaos_app
 from tests.integration.procs import ROOT, WorkerProcs, rstick_command, subprocess_env, wait_for
 
@@ -88,3 +89,60 @@ def test_enqueue_on_a_redis_over_its_memory_limit_is_one_line_and_exit_1(
         f"rstick: Redis at {url} is out of memory (used memory > maxmemory) and refuses writes\n"
     )
     assert result.stdout == ""
+
+
+# -- a password-protected Redis ---------------------------------------------------------
+
+
+@pytest.fixture
+def protected(own_server: RedisServer) -> str:
+    """The URL of a server that needs the password ``s3cret`` (no password in it)."""
+    admin = redis.Redis.from_url(own_server.url)
+    admin.config_set("requirepass", "s3cret")  # this connection stays logged in
+    admin.close()
+    return own_server.url
+
+
+def with_password(url: str, password: str) -> str:
+    return url.replace("redis://", f"redis://:{password}@")
+
+
+@pytest.mark.parametrize(
+    ("password", "problem"), [("wrong", "wrong password"), (None, "the server needs a password")]
+)
+def test_a_worker_refused_by_redis_exits_1_with_one_line(
+    protected: str, password: str | None, problem: str, make_workers: Any
+) -> None:
+    url = with_password(protected, password) if password else protected
+    pool: WorkerProcs = make_workers(url, "login")
+    worker = pool.start("w1", APP)
+    assert worker.wait(60) == 1
+    shown = with_password(protected, "***") if password else protected
+    lines = worker.output().splitlines()[1:]  # the first is the command line
+    assert lines == [f"rstick: cannot log in to Redis at {shown}: {problem}"]
+    # The CLI says the same, in one line.
+    result = run_cli(url, "login", "workers")
+    assert (result.returncode, result.stderr) == (1, f"{lines[0]}\n")
+    # With the password the same worker serves.
+    good = make_workers(with_password(protected, "s3cret"), "login")
+    good.start("w2", APP)
+    good.ready()
+
+
+def test_a_worker_waiting_for_redis_names_the_url_without_its_password(
+    make_workers: Any,
+) -> None:
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    pool: WorkerProcs = make_workers(url, "away")
+    worker = pool.start("w1", APP)
+    shown = url.replace(":s3cret@", ":***@")
+    wait_for(
+        lambda: worker.output().count(f"redis unavailable at {shown} (") >= 2,
+        30,
+        "two backoff lines",
+    )
+    worker.terminate()
+    assert worker.wait(30) == 0
+    logged = worker.output().split("\n", 1)[1]  # after the command line the test wrote
+    assert "s3cret" not in logged
+    assert "; start retrying in 0.1s" in logged
