@@ -11,6 +11,7 @@ import traceback
 import click
 
 from rstick import LoginFailed, Rstick, Worker
+from rstick.preflight import UnsafeRedis
 
 from .errors import BadInput, Fail
 from .settings import Settings, check_url, connection_options
@@ -107,6 +108,12 @@ def setup_logging(worker_id: str, verbose: bool) -> None:
     metavar="S",
     help="A worker is dead after this long without a heartbeat. [default: the app's, 10]",
 )
+@click.option(
+    "--allow-eviction",
+    is_flag=True,
+    help="Start even if Redis evicts any key when full (maxmemory-policy allkeys-*): "
+    "runs may then vanish.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug events too.")
 @connection_options
 @click.pass_context
@@ -119,6 +126,7 @@ def worker(
     drain_timeout: float,
     heartbeat: float | None,
     worker_ttl: float | None,
+    allow_eviction: bool,
     verbose: bool,
 ) -> None:
     """Serve the workflows of an app until SIGINT or SIGTERM.
@@ -151,9 +159,12 @@ def worker(
         concurrency=concurrency,
         queues=list(queues) or None,
         drain_timeout=drain_timeout,
+        allow_eviction=allow_eviction,
     )
     setup_logging(serving.id(), verbose)
     try:
         serving.run()
     except LoginFailed as exc:
         raise Fail(str(exc)) from None
+    except UnsafeRedis as exc:
+        raise BadInput(str(exc)) from None

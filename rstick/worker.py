@@ -38,6 +38,7 @@ from .credentials import hide_password, login_failure
 from .errors import LoginFailed, StepTimeout
 from .keys import GROUP
 from .plural import plural
+from .preflight import check_server_once
 from .reaper import Reaper, ReapReport
 from .scripts import Scripts
 
@@ -84,6 +85,7 @@ class Worker:
         queues: list[str] | None = None,
         drain_timeout: float = 30.0,
         block: float = 1.0,
+        allow_eviction: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -93,6 +95,7 @@ class Worker:
         self.concurrency = concurrency
         self.queues = queues or sorted({wf.queue for wf in app.workflows.values()}) or ["default"]
         self.drain_timeout = drain_timeout
+        self.allow_eviction = allow_eviction  # start on an allkeys-* Redis (preflight.py)
         self.block_ms = int(block * 1000)
         self.personal = self.keys.personal(self._id)
         self.streams = [self.personal, *(self.keys.queue(q) for q in self.queues)]
@@ -140,6 +143,7 @@ class Worker:
         """Register this worker and its workflows, then take back what an earlier
         process with the same id left: its parked HARD runs, its pending entries."""
         self._loop = asyncio.get_running_loop()
+        await check_server_once(self, self.redis, allow_eviction=self.allow_eviction)
         await self._register()
         report = await self.reaper.reap_worker(self._id, "restart")
         if report:

@@ -146,3 +146,38 @@ def test_a_worker_waiting_for_redis_names_the_url_without_its_password(
     logged = worker.output().split("\n", 1)[1]  # after the command line the test wrote
     assert "s3cret" not in logged
     assert "; start retrying in 0.1s" in logged
+
+
+# -- what a worker checks of the server at start -----------------------------------------
+
+
+def test_a_worker_refuses_an_evicting_redis_and_warns_of_the_rest(
+    own_server: RedisServer, make_workers: Any
+) -> None:
+    url = own_server.url
+    admin = redis.Redis.from_url(url)
+    admin.config_set("maxmemory-policy", "allkeys-lru")
+    pool: WorkerProcs = make_workers(url, "evict")
+    refused = pool.start("w1", APP)
+    assert refused.wait(60) == 2
+    [line] = refused.output().splitlines()[1:]
+    assert line.startswith("rstick: Redis evicts keys under maxmemory-policy allkeys-lru: ")
+    assert "--allow-eviction" in line
+    assert pool.client.list_workers() == []  # it registered nothing
+    refused.signalled = True  # its exit is the point: `ready` looks at the others
+
+    allowed = pool.start("w2", APP, args=("--allow-eviction",))
+    pool.ready()
+    admin.config_set("maxmemory-policy", "volatile-lru")
+    warned = pool.start("w3", APP)
+    pool.ready()
+    for life, policy in ((allowed, "allkeys-lru"), (warned, "volatile-lru")):
+        logged = life.output()
+        assert logged.count(f"maxmemory-policy {policy}") == 1
+        # The test server runs with --save '' --appendonly no.
+        assert logged.count("Redis persistence is off (no AOF, no RDB save points)") == 1
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("appendonly", "yes")
+    quiet = pool.start("w4", APP)
+    pool.ready()
+    assert "rstick.preflight" not in quiet.output()
