@@ -201,12 +201,13 @@ class Worker:
         # A refused login ends the loop that met it (see Backoff): the worker stops.
         stop = asyncio.create_task(self._stop_requested.wait())
         await asyncio.wait([stop, *loops], return_when=asyncio.FIRST_COMPLETED)
-        ended = [t.exception() for t in loops if t.done() and not t.cancelled()]
-        if ended:
+        # (The fetch loop also ends, without an error, once a stop is requested.)
+        failed = [t.exception() for t in loops if t.done() and not t.cancelled()]
+        if error := next((e for e in failed if e is not None), None):
             self.stopping = True
             await _cancel(stop)
             await self._drain(loops)
-            raise ended[0] or RuntimeError("a worker loop ended")
+            raise error
         await self._drain(loops)
 
     def request_stop(self) -> None:
