@@ -20,10 +20,11 @@ from types import ModuleType
 import click
 
 from rstick.app import DEFAULT_URL
+from rstick.credentials import hide_password
 from rstick.server import RedisServer, RedisServerError, redis_available
 
 from .errors import Fail
-from .settings import Settings, hide_password
+from .settings import Settings
 
 EXAMPLE = "examples.sticky_files.start"
 

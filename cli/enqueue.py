@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NoReturn
 
 import click
+from redis.exceptions import RedisError
 
 from rstick import (
     ResultTimeout,
+    RstickError,
     RunCancelled,
     RunFailed,
     RunRef,
@@ -16,7 +18,7 @@ from rstick import (
     UnknownWorkflow,
 )
 
-from .errors import BadInput, Fail
+from .errors import INTERRUPTED, BadInput, Fail
 from .render import dumps
 from .settings import connection_options, current_app
 
@@ -78,7 +80,7 @@ def enqueue(
     try:
         ref = app.enqueue(workflow, data, run_id=run_id, delay=delay)
     except UnknownWorkflow as exc:
-        raise Fail(str(exc)) from None
+        raise BadInput(str(exc)) from None
     except SerializationError as exc:  # e.g. an integer beyond 64 bits
         raise BadInput(f"--input: {exc}") from None
     if not wait:
@@ -89,7 +91,10 @@ def enqueue(
         return
     if not as_json:
         click.echo(ref.run_id)
-    report, failure = wait_for(ref, timeout)
+    try:
+        report, failure = wait_for(ref, timeout)
+    except KeyboardInterrupt:
+        stop_waiting(ref, as_json)
     if as_json:
         click.echo(dumps(report))
         if failure is not None:
@@ -100,6 +105,23 @@ def enqueue(
         if traceback := report.get("error", {}).get("traceback"):
             click.echo(traceback.rstrip(), err=True)
         raise Fail(failure)
+
+
+def stop_waiting(ref: RunRef, as_json: bool) -> NoReturn:
+    """Ctrl-C while waiting: the run goes on without us; say which run, where it is,
+    and how to follow it, then exit 130."""
+    try:
+        status = ref.status().value
+    except (RedisError, RstickError):  # Redis went away meanwhile: the id still helps
+        status = "unknown"
+    if as_json:
+        click.echo(dumps({"run_id": ref.run_id, "status": status}))
+    click.echo(
+        f"rstick: interrupted; run {ref.run_id} is {status}: "
+        f"follow it with `rstick runs show {ref.run_id}`",
+        err=True,
+    )
+    raise click.exceptions.Exit(INTERRUPTED)
 
 
 def wait_for(ref: RunRef, timeout: float | None) -> tuple[dict[str, Any], str | None]:

@@ -9,14 +9,16 @@ import click
 
 from rstick import Run, RunNotFound, RunStatus, StepState
 
-from .errors import Fail
+from .errors import BadInput, Fail
 from .render import age, clock, dumps, duration, fields, shorten, table
+from .run_ids import resolve_run_id
 from .settings import connection_options, current_app
 
 HISTORY_SHOWN = 12  # the last events are the ones that say why a run ended as it did
 # Short field names of history events, as the scripts write them.
 EVENT_FIELDS = {"ev": "event", "s": "step", "w": "worker", "a": "attempt", "wf": "workflow"}
 EVENT_TIMES = ("due", "until")  # fields holding a time in ms
+EVENT_COUNTS = ("attempt", "epoch")  # fields holding an integer
 
 
 @click.group()
@@ -34,16 +36,17 @@ def runs() -> None:
 )
 @connection_options
 def show(run_id: str, as_json: bool) -> None:
-    """Show a run in detail.
+    """Show a run in detail. RUN_ID may be a unique prefix of the run's id.
 
     Workflow, status, sticky strategy, pinned worker, one row per step
     (status, worker, attempts, times, error) and the last history events.
     """
     client = current_app().client
+    run_id = resolve_run_id(client, run_id)
     try:
         run = client.get_run(run_id)
-    except RunNotFound as exc:
-        raise Fail(str(exc)) from None
+    except RunNotFound as exc:  # expired since it was resolved
+        raise BadInput(str(exc)) from None
     history = client.history(run_id)
     parent_status = None
     if run.parent:
@@ -57,7 +60,7 @@ def show(run_id: str, as_json: bool) -> None:
                 {
                     **run.to_json(),
                     "parent_status": parent_status,
-                    "history": [readable(e) for e in history],
+                    "history": [event_json(e) for e in history],
                 }
             )
         )
@@ -132,6 +135,20 @@ def step_row(step: StepState, now: float) -> list[Any]:
 def readable(event: dict[str, Any]) -> dict[str, Any]:
     """A history event with its fields' full names (``ev`` -> ``event``, ``s`` -> ``step``)."""
     return {EVENT_FIELDS.get(k, k): v for k, v in event.items()}
+
+
+def event_json(event: dict[str, Any]) -> dict[str, Any]:
+    """A history event for ``--json``: full names, counts as numbers, times in seconds
+    since the epoch like every other time there."""
+    out = readable(event)
+    for key, value in out.items():
+        if not (isinstance(value, str) and value.isdigit()):
+            continue
+        if key in EVENT_COUNTS:
+            out[key] = int(value)
+        elif key in EVENT_TIMES:
+            out[key] = int(value) / 1000
+    return out
 
 
 def event_line(event: dict[str, Any], now: float) -> str:

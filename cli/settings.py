@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -13,6 +12,7 @@ import click
 
 from rstick import Rstick
 from rstick.app import DEFAULT_URL
+from rstick.credentials import hide_password
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,22 +59,6 @@ def check_url(url: str) -> None:
             f"{hide_password(url)!r} is not a Redis URL (redis://, rediss:// or unix://)",
             param_hint="'--redis' / RSTICK_REDIS_URL",
         )
-
-
-def hide_password(url: str) -> str:
-    """The URL with its password (in the user-info or a ``password=`` query) as ``***``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    # The user-info ends at the last "@" before any query: a password may hold a "/".
-    end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-    at = rest.rfind("@", 0, end)
-    if at >= 0:
-        user, colon, _ = rest[:at].partition(":")
-        # Without a colon some clients read the lone user-info as the password: hide it too.
-        rest = (f"{user}:***@" if colon else "***@") + rest[at + 1 :]
-    rest = re.sub(r"([?&]password=)[^&#]*", r"\1***", rest)
-    return f"{scheme}://{rest}"
 
 
 def _store(ctx: click.Context, param: click.Parameter, value: str | None) -> None:

@@ -10,7 +10,8 @@ import traceback
 
 import click
 
-from rstick import Rstick, Worker
+from rstick import LoginFailed, Rstick, Worker
+from rstick.preflight import UnsafeRedis
 
 from .errors import BadInput, Fail
 from .settings import Settings, check_url, connection_options
@@ -27,22 +28,24 @@ def load_app(spec: str) -> Rstick:
         obj: object = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and (module_name + ".").startswith(exc.name + "."):
-            raise Fail(
+            raise BadInput(
                 f"cannot import {module_name!r}: no module named {exc.name!r} "
                 f"(looked in {os.getcwd()} and sys.path)"
             ) from None
         click.echo(traceback.format_exc().rstrip(), err=True)
-        raise Fail(f"error while importing {module_name!r}: {exc}") from None
+        raise BadInput(f"error while importing {module_name!r}: {exc}") from None
     except Exception as exc:  # the user's module is broken: its traceback says where
         click.echo(traceback.format_exc().rstrip(), err=True)
-        raise Fail(f"error while importing {module_name!r}: {type(exc).__name__}: {exc}") from None
+        raise BadInput(
+            f"error while importing {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise Fail(f"module {module_name!r} has no attribute {attr!r}") from None
+            raise BadInput(f"module {module_name!r} has no attribute {attr!r}") from None
     if not isinstance(obj, Rstick):
-        raise Fail(f"{spec!r} is a {type(obj).__name__}, not an Rstick app")
+        raise BadInput(f"{spec!r} is a {type(obj).__name__}, not an Rstick app")
     return obj
 
 
@@ -105,6 +108,12 @@ def setup_logging(worker_id: str, verbose: bool) -> None:
     metavar="S",
     help="A worker is dead after this long without a heartbeat. [default: the app's, 10]",
 )
+@click.option(
+    "--allow-eviction",
+    is_flag=True,
+    help="Start even if Redis evicts any key when full (maxmemory-policy allkeys-*): "
+    "runs may then vanish.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug events too.")
 @connection_options
 @click.pass_context
@@ -117,6 +126,7 @@ def worker(
     drain_timeout: float,
     heartbeat: float | None,
     worker_ttl: float | None,
+    allow_eviction: bool,
     verbose: bool,
 ) -> None:
     """Serve the workflows of an app until SIGINT or SIGTERM.
@@ -129,7 +139,7 @@ def worker(
     settings = ctx.ensure_object(Settings)
     app = load_app(app_spec)
     if not app.workflows:
-        raise Fail(f"{app_spec!r} defines no workflows: nothing to serve")
+        raise BadInput(f"{app_spec!r} defines no workflows: nothing to serve")
     # Settings given here win over the app's own; the client is remade to use them.
     app.redis_url = settings.redis_url or app.redis_url
     app.namespace = settings.namespace or app.namespace
@@ -149,6 +159,12 @@ def worker(
         concurrency=concurrency,
         queues=list(queues) or None,
         drain_timeout=drain_timeout,
+        allow_eviction=allow_eviction,
     )
     setup_logging(serving.id(), verbose)
-    serving.run()
+    try:
+        serving.run()
+    except LoginFailed as exc:
+        raise Fail(str(exc)) from None
+    except UnsafeRedis as exc:
+        raise BadInput(str(exc)) from None

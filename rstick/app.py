@@ -7,9 +7,10 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from .credentials import hide_password
 from .errors import DefinitionError
 from .keys import Keys
 from .records import StickyStrategy
@@ -220,6 +221,13 @@ class Rstick:
         if self.dead_maxlen < 1:
             raise ValueError("dead_maxlen must be >= 1")
         self._client: Client | None = None
+
+    def __repr__(self) -> str:
+        # The dataclass's own repr would print the password of the URL.
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+        shown["redis_url"] = hide_password(str(self.redis_url))
+        shown["workflows"] = list(self.workflows)
+        return f"Rstick({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @property
     def keys(self) -> Keys:

@@ -44,6 +44,10 @@ class WorkerIdInUse(RstickError):
         self.holder = holder
 
 
+class LoginFailed(RstickError):
+    """Redis refused the credentials of the URL (a wrong or missing password)."""
+
+
 class RunNotFound(RstickError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"run {run_id!r} not found")

@@ -38,6 +38,10 @@ class Claim:
     @classmethod
     def from_reply(cls, reply: list[Any]) -> Claim:
         kind, run_id, step = text(reply[0]), text(reply[1]), text(reply[2])
+        if kind == "dead":
+            return cls(
+                kind, run_id, step, text(reply[3]), stream=text(reply[4]), entry_id=text(reply[5])
+            )
         if kind != "run":
             return cls(kind, run_id, step, text(reply[3]))
         return cls(

@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 from .app import WorkflowDef
 from .codec import pack
 from .keys import GROUP
+from .plural import plural
 
 if TYPE_CHECKING:
     from .app import Rstick
@@ -71,11 +72,13 @@ class ReapReport:
     def summary(self) -> str:
         if not self:
             return "nothing to reap"
-        parts = [f"{len(self.dead_workers)} dead workers"]
-        parts += [f"{len(ids)} runs {action}" for action, ids in sorted(self.runs.items())]
-        parts.append(f"{self.redispatched} entries dispatched again")
-        parts.append(f"{self.deleted} stale entries deleted")
-        parts.append(f"{len(self.removed_workers)} workers removed")
+        parts = [plural(len(self.dead_workers), "dead worker")]
+        parts += [
+            f"{plural(len(ids), 'run')} {action}" for action, ids in sorted(self.runs.items())
+        ]
+        parts.append(f"{plural(self.redispatched, 'entry', 'entries')} dispatched again")
+        parts.append(f"{plural(self.deleted, 'stale entry', 'stale entries')} deleted")
+        parts.append(f"{plural(len(self.removed_workers), 'worker')} removed")
         return ", ".join(parts)
 
 

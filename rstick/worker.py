@@ -41,10 +41,13 @@ from .app import Rstick, StepDef, WorkflowDef
 from .blocking import BlockingConnection
 from .codec import pack, unpack
 from .context import Context
-from .errors import StepTimeout, WorkerIdInUse
+from .credentials import hide_password, login_failure
+from .errors import LoginFailed, StepTimeout, WorkerIdInUse
 from .heartbeat import BeatResult, Heartbeat
 from .keys import GROUP
 from .outage import AUTH_ERRORS, describe_outage, is_outage
+from .plural import plural
+from .preflight import check_server_once
 from .protocol import Claim, text
 from .reaper import Reaper, ReapReport
 from .scripts import Scripts
@@ -96,6 +99,7 @@ class Worker:
         drain_timeout: float = 30.0,
         block: float = 1.0,
         max_hung: int | None = None,
+        allow_eviction: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -109,6 +113,7 @@ class Worker:
         self.queues = queues or sorted({wf.queue for wf in app.workflows.values()}) or ["default"]
         self.drain_timeout = drain_timeout
         self.block_ms = int(block * 1000)
+        self.allow_eviction = allow_eviction  # start on an allkeys-* Redis (preflight.py)
         # Steps abandoned by their timeout and still running (a thread cannot be
         # killed; a coroutine may ignore its cancel): past this many, the worker stops.
         self.max_hung = concurrency if max_hung is None else max_hung
@@ -131,6 +136,7 @@ class Worker:
         self.stopping = False
         self.exit_code = 0
         self._hand_off = True
+        self._fatal: BaseException | None = None  # why the worker stopped itself, raised by main
         self.steps_done = 0
         self._lent = 0
         self.live = asyncio.Event()  # the heartbeat holds: the worker may claim
@@ -159,8 +165,8 @@ class Worker:
 
     @property
     def where(self) -> str:
-        """The Redis this worker uses, without its password, for log lines."""
-        return redis_location(self.redis)
+        """The Redis URL, its password hidden, for log lines."""
+        return hide_password(str(self.app.redis_url))
 
     # -- start and stop ----------------------------------------------------
 
@@ -168,6 +174,7 @@ class Worker:
         """Take this worker's id, register its workflows, then take back what an earlier
         process with the same id left: its parked HARD runs, its pending entries."""
         self._loop = asyncio.get_running_loop()
+        await check_server_once(self, self.redis, allow_eviction=self.allow_eviction)
         await self.join()
         report = await self.reaper.reap_worker(self._id, "restart")
         if report:
@@ -242,12 +249,10 @@ class Worker:
             try:
                 await self.start()
                 break
-            except AUTH_ERRORS:
-                raise
             except Exception as exc:
-                if not is_outage(exc):
+                if not (is_outage(exc) or isinstance(exc, AUTH_ERRORS)):
                     raise
-                await backoff.wait(exc)
+                await backoff.wait(exc)  # a refused login raises LoginFailed
         else:
             return
         # Its commands give up within a heartbeat: a stuck connection is no beat.
@@ -268,8 +273,17 @@ class Worker:
             asyncio.create_task(self._tick_loop(), name="tick"),
         ]
         try:
-            await self._stop_requested.wait()
+            stop = asyncio.create_task(self._stop_requested.wait())
+            await asyncio.wait([stop, *loops], return_when=asyncio.FIRST_COMPLETED)
+            # A loop ends early only by raising (a refused login, see Backoff): stop.
+            for task in loops:
+                if task.done() and not task.cancelled() and task.exception():
+                    self._fatal = self._fatal or task.exception()
+                    self.request_stop(1, hand_off=False)
+            await _cancel(stop)
             await self._drain(loops)
+            if self._fatal is not None:
+                raise self._fatal
         finally:
             self.heartbeat.stop()
             if beat_client is not self.app.client.redis:
@@ -425,7 +439,8 @@ class Worker:
         self._wake.set()
 
     def _on_fatal(self, exc: BaseException) -> None:
-        log.error("cannot log in to Redis at %s: %s", self.where, exc)
+        """Redis refused our login: retrying cannot help, the worker stops."""
+        self._fatal = LoginFailed(login_failure(str(self.app.redis_url), exc) or str(exc))
         self.request_stop(1, hand_off=False)
 
     async def _rejoin_now(self) -> None:
@@ -485,9 +500,6 @@ class Worker:
                 if is_outage(exc):
                     recover_at = 0.0
                     self._outage()
-                elif isinstance(exc, AUTH_ERRORS):
-                    self._on_fatal(exc)
-                    return
                 elif "NOGROUP" in str(exc):
                     log.warning("stream group missing (Redis lost its data?): creating it again")
                     with contextlib.suppress(Exception):
@@ -683,7 +695,9 @@ class Worker:
         if claim.kind != "run":
             where = f"{claim.run_id}/{claim.step}"
             if claim.kind == "dead":
-                log.warning("dead-lettered an entry that is no rstick message: %s", claim.detail)
+                what = f"entry {claim.entry_id} of {claim.stream}"
+                what += f" (run {claim.run_id}, step {claim.step})" if claim.run_id else ""
+                log.warning("dead-lettered %s: %s", what, claim.detail)
             elif claim.kind == "wait":
                 log.info("%s waits for a worker with its code: %s", where, claim.detail)
             elif claim.kind == "fwd":
@@ -902,7 +916,8 @@ class Worker:
                 await self.reaper.settle_entries(self._id, stream, stranded, report)
         if report:
             log.warning(
-                "recovered %s stranded by a lost reply", plural(report.redispatched, "entry")
+                "recovered %s stranded by a lost reply",
+                plural(report.redispatched, "entry", "entries"),
             )
         return report.redispatched
 
@@ -935,13 +950,6 @@ class Worker:
             loop.call_soon_threadsafe(apply)
 
 
-def plural(n: int, noun: str) -> str:
-    """``1 step``, ``2 steps``, ``3 entries``."""
-    if n == 1:
-        return f"1 {noun}"
-    return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
-
-
 def describe_failure(exc: BaseException) -> dict[str, str]:
     """What a failed step leaves behind: type, message, traceback; never raises,
     whatever the exception's ``__str__`` does."""
@@ -955,16 +963,6 @@ def describe_failure(exc: BaseException) -> dict[str, str]:
     except BaseException:
         tb = "".join(traceback.format_tb(exc.__traceback__)) + f"{kind}: {message}\n"
     return {"type": kind, "message": message, "tb": tb}
-
-
-def redis_location(client: Any) -> str:
-    """``redis://127.0.0.1:6390/0`` for a client, built from its connection settings so
-    that no password can be in it."""
-    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
-    if "path" in kwargs:
-        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
-    host, port = kwargs.get("host", "localhost"), kwargs.get("port", 6379)
-    return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
 
 
 def _beat_result(raw: Any) -> BeatResult:
@@ -1000,18 +998,23 @@ def _missing_step(workflow: str, step: str) -> StepDef:
 
 
 class Backoff:
-    """Exponential backoff for a loop that lost Redis: one log line per attempt."""
+    """Exponential backoff for a loop that lost Redis: one log line per attempt, naming
+    the URL (password hidden). A refused login is no outage: retrying cannot fix the
+    credentials, so it raises LoginFailed."""
 
     def __init__(
         self, what: str, where: str, first: float = FIRST_BACKOFF, cap: float = MAX_BACKOFF
     ) -> None:
-        self.what, self.where, self.first, self.cap = what, where, first, cap
+        self.what, self.where, self.first, self.cap = what, hide_password(where), first, cap
         self.delay = first
 
     def reset(self) -> None:
         self.delay = self.first
 
     async def wait(self, exc: BaseException) -> None:
+        login = login_failure(self.where, exc)
+        if login is not None:  # retrying cannot fix credentials
+            raise LoginFailed(login)
         if is_outage(exc):
             log.warning(
                 "redis unavailable at %s (%s); %s retrying in %.1fs",

@@ -18,12 +18,13 @@ import fakeredis
 import pytest
 from click.testing import CliRunner, Result
 from drive import started
+from redis.exceptions import AuthenticationError, OutOfMemoryError, ReadOnlyError, ResponseError
 
 from rstick import Context, Rstick, StickyStrategy, Worker
+from rstick.credentials import hide_password
 from rstick_cli import settings
 from rstick_cli.main import cli
 from rstick_cli.render import duration, table
-from rstick_cli.settings import hide_password
 from rstick_cli.worker import load_app
 
 _namespaces = itertools.count()
@@ -67,13 +68,15 @@ class World:
     made: list[tuple[str | None, str | None]]
 
     def invoke(self, *args: str) -> Result:
-        return CliRunner().invoke(cli, list(args))
+        return CliRunner().invoke(cli, list(args), prog_name="rstick")
 
     def keys(self) -> set[bytes]:
         return set(fakeredis.FakeRedis(server=self.server).keys("*"))
 
     def serve(self, worker_id: str = "w1", passes: int = 4) -> Worker:
         """Register the worker, then run what is queued, a few non-blocking passes."""
+        # An asyncio client per event loop: redis-py before 8 binds one to its first loop.
+        self.app.client.use(aio=fakeredis.FakeAsyncRedis(server=self.server))
 
         async def go() -> Worker:
             async with started(self.app, worker_id) as [worker]:
@@ -178,7 +181,7 @@ def test_enqueue_wait_gives_up_after_the_timeout(world: World) -> None:
 def test_unknown_workflow_exits_non_zero_and_writes_nothing(world: World) -> None:
     before = world.keys()
     result = world.invoke("enqueue", "Nope", "--input", "{}")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.stdout == ""
     assert result.stderr == "rstick: unknown workflow 'Nope'\n"
     assert world.keys() == before
@@ -280,15 +283,21 @@ def test_runs_show_json(world: World) -> None:
     assert (step["error"]["type"], step["error"]["message"]) == ("ValueError", "boom")
     events = run["history"]
     assert events[0]["event"] == "created" and events[-1]["event"] == "finished"
-    assert {"event": "failed", "step": "explode", "worker": "w1", "attempt": "1"}.items() <= (
+    assert {"event": "failed", "step": "explode", "worker": "w1", "attempt": 1}.items() <= (
         events[-2].items()
     )
+    sticky = run_id_of(world.invoke("enqueue", "Dag"))
+    world.serve()
+    history = json.loads(world.invoke("runs", "show", sticky, "--json").stdout)["history"]
+    [pinned] = [e for e in history if e["event"] == "pinned"]
+    assert pinned == {"event": "pinned", "worker": "w1", "epoch": 0, "at": pinned["at"]}
+    assert isinstance(pinned["at"], float)
 
 
 def test_runs_show_unknown_run(world: World) -> None:
     result = world.invoke("runs", "show", "nope")
-    assert result.exit_code == 1
-    assert result.stderr == "rstick: run 'nope' not found\n"
+    assert result.exit_code == 2
+    assert result.stderr == "rstick: no run 'nope' (see `rstick runs list`)\n"
 
 
 def test_runs_list_filters_by_status(world: World) -> None:
@@ -410,9 +419,9 @@ def test_hide_password(url: str, shown: str) -> None:
     ("spec", "code", "message"),
     [
         ("no_colon", 2, "expected MODULE:APP"),
-        ("no_such_module_xyz:app", 1, "cannot import 'no_such_module_xyz': no module named"),
-        ("json:app", 1, "module 'json' has no attribute 'app'"),
-        ("json:loads", 1, "'json:loads' is a function, not an Rstick app"),
+        ("no_such_module_xyz:app", 2, "cannot import 'no_such_module_xyz': no module named"),
+        ("json:app", 2, "module 'json' has no attribute 'app'"),
+        ("json:loads", 2, "'json:loads' is a function, not an Rstick app"),
     ],
 )
 def test_worker_refuses_a_bad_app(spec: str, code: int, message: str) -> None:
@@ -437,7 +446,7 @@ def test_worker_imports_the_app_from_the_current_folder(
     app = load_app("cli_app_ok:app")
     assert isinstance(app, Rstick) and list(app.workflows) == ["job"]
     result = CliRunner().invoke(cli, ["worker", "cli_app_broken:app"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "Traceback" in result.stderr  # the user's bug: its traceback says where
     assert result.stderr.splitlines()[-1] == (
         "rstick: error while importing 'cli_app_broken': RuntimeError: nope"
@@ -476,3 +485,192 @@ def test_durations_and_tables() -> None:
         "xyz  -",
         "q    1",
     ]
+
+
+# -- run id prefixes ---------------------------------------------------------------
+
+
+def test_runs_show_takes_a_unique_prefix_of_a_run_id(world: World) -> None:
+    for run_id in ("ab12cd34aaaa", "ab12cd34bbbb", "ab99", "x*y?[z]"):
+        run_id_of(world.invoke("enqueue", "Dag", "--run-id", run_id))
+    shown = world.invoke("runs", "show", "ab12cd34a", "--json")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["run_id"] == "ab12cd34aaaa"
+    text = world.invoke("runs", "show", "ab9")
+    assert re.search(r"^run\s+ab99$", text.stdout, re.M)
+    # Glob characters in a prefix are matched as themselves.
+    assert json.loads(world.invoke("runs", "show", "x*y?", "--json").stdout)["run_id"] == "x*y?[z]"
+    assert world.invoke("runs", "show", "x?").exit_code == 2
+    # A whole id that is also the prefix of another names its own run.
+    run_id_of(world.invoke("enqueue", "Dag", "--run-id", "ab12"))
+    assert json.loads(world.invoke("runs", "show", "ab12", "--json").stdout)["run_id"] == "ab12"
+
+
+def test_an_ambiguous_prefix_exits_2_listing_the_runs(world: World) -> None:
+    for run_id in ("ab12cd34aaaa", "ab12cd34bbbb", "zz"):
+        run_id_of(world.invoke("enqueue", "Dag", "--run-id", run_id))
+    result = world.invoke("runs", "show", "ab12")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        "rstick: run id prefix 'ab12' is ambiguous: it matches ab12cd34aaaa, ab12cd34bbbb; "
+        "give more characters\n"
+    )
+
+
+def test_an_ambiguous_prefix_of_many_runs_lists_a_few(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rstick_cli import run_ids
+
+    monkeypatch.setattr(run_ids, "SCAN_COUNT", 2)  # many ZSCAN calls, over a small index
+    for n in range(30):
+        world.app.enqueue("Dag", run_id=f"pre{n:02d}")
+    world.app.enqueue("Dag", run_id="other")
+    result = world.invoke("runs", "show", "pre")
+    assert result.exit_code == 2
+    listed = result.stderr.split("it matches ")[1].split("; give more")[0].split(", ")
+    assert len(listed) == run_ids.MATCHES_SHOWN + 1 and listed[-1] == "..."
+    assert all(run_id.startswith("pre") for run_id in listed[:-1])
+    assert json.loads(world.invoke("runs", "show", "pre17", "--json").stdout)["run_id"] == "pre17"
+    assert world.invoke("runs", "show", "oth").exit_code == 0
+    assert world.invoke("runs", "show", "").stderr == "rstick: an empty run id names no run\n"
+
+
+# -- dead letters -------------------------------------------------------------------
+
+
+def dead_letter(world: World) -> str:
+    """Make one dead letter (a malformed entry on the shared queue); its id."""
+    fakeredis.FakeRedis(server=world.server).xadd(world.app.keys.queue("default"), {"junk": "yes"})
+    world.serve()
+    [letter] = json.loads(world.invoke("dead", "list", "--json").stdout)
+    return str(letter["id"])
+
+
+@pytest.mark.parametrize("bad", ["xyz", "1700000000000", "1-2-3", "1-x"])
+def test_dead_requeue_of_a_malformed_id_is_one_line_and_exit_2(world: World, bad: str) -> None:
+    result = world.invoke("dead", "requeue", bad)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"rstick: {bad!r} is not a dead-letter id (like 1700000000000-0: see `rstick dead list`)\n"
+    )
+
+
+def test_dead_requeue_of_an_unknown_id_exits_2(world: World) -> None:
+    result = world.invoke("dead", "requeue", "1700000000000-0")
+    assert result.exit_code == 2
+    assert result.stderr == "rstick: no dead letter 1700000000000-0 (see `rstick dead list`)\n"
+
+
+def test_dead_requeue_and_purge_json(world: World) -> None:
+    dead_id = dead_letter(world)
+    # A malformed entry cannot go back: it is no rstick message.
+    refused = world.invoke("dead", "requeue", dead_id, "--json")
+    assert refused.exit_code == 1
+    assert refused.stderr == f"rstick: dead letter {dead_id} is not a complete rstick message\n"
+    redis = fakeredis.FakeRedis(server=world.server)
+    fields = {"r": "r1", "s": "a", "a": "1", "e": "0", "w": "Dag", "stream": "somewhere"}
+    letter_id = redis.xadd(world.app.keys.dead, {"reason": "test", **fields}).decode()
+    requeued = world.invoke("dead", "requeue", letter_id, "--json")
+    assert requeued.exit_code == 0, requeued.output
+    report = json.loads(requeued.stdout)
+    assert report["dead_id"] == letter_id
+    assert redis.xrange("somewhere")[0][0].decode() == report["new_id"]
+    purged = world.invoke("dead", "purge", "--yes", "--json")
+    assert purged.exit_code == 0
+    assert json.loads(purged.stdout) == {"deleted": 1}
+    assert world.invoke("dead", "purge", "--yes").stdout == "deleted 0 dead letters\n"
+
+
+def test_dead_purge_unconfirmed_deletes_nothing(world: World) -> None:
+    dead_letter(world)
+    for answer in ("n\n", ""):  # no, and end of input (a script without --yes)
+        result = CliRunner().invoke(cli, ["dead", "purge"], input=answer)
+        assert result.exit_code == 1
+        assert result.stderr.splitlines()[-1] == (
+            "rstick: not confirmed: nothing deleted (--yes skips the question)"
+        )
+    assert len(json.loads(world.invoke("dead", "list", "--json").stdout)) == 1
+    result = CliRunner().invoke(cli, ["dead", "purge"], input="y\n")
+    assert result.stdout.endswith("deleted 1 dead letter\n")
+
+
+# -- one line, one exit code ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["runs", "show"], r"Missing argument 'RUN_ID'\. \(see 'rstick runs show --help'\)"),
+        (
+            ["enqueue", "Dag", "--bogus"],
+            r"No such option.*--bogus.* \(see 'rstick enqueue --help'\)",
+        ),
+        (["nosuchcommand"], r"No such command 'nosuchcommand'\. \(see 'rstick --help'\)"),
+        (["--bogus"], r"No such option.*--bogus.* \(see 'rstick --help'\)"),
+        (["runs", "list", "--limit", "0"], r"Invalid value for '--limit': 0 is not in the range"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(world: World, args: list[str], message: str) -> None:
+    result = world.invoke(*args)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert re.match(f"rstick: {message}", result.stderr)
+    assert result.stderr.count("\n") == 1
+
+
+def test_a_url_that_is_not_redis_is_one_line_and_exit_2() -> None:
+    result = CliRunner().invoke(cli, ["--redis", "http://:pw@x", "workers"], prog_name="rstick")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "rstick: Invalid value for '--redis' / RSTICK_REDIS_URL: 'http://:***@x' is not a "
+        "Redis URL (redis://, rediss:// or unix://) (see 'rstick workers --help')\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (
+            OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+            "Redis at redis://fake is out of memory (used memory > maxmemory) and refuses writes",
+        ),
+        (
+            ReadOnlyError("You can't write against a read only replica."),
+            "Redis at redis://fake is a read-only replica and refuses writes",
+        ),
+        (
+            ResponseError("Error running script: -OOM command not allowed when used memory"),
+            "Redis at redis://fake is out of memory (used memory > maxmemory) and refuses writes",
+        ),
+        (
+            ResponseError("ERR something else"),
+            "Redis at redis://fake refused the command: ResponseError: ERR something else",
+        ),
+        (
+            AuthenticationError("invalid username-password pair or user is disabled."),
+            "cannot log in to Redis at redis://fake: wrong password",
+        ),
+    ],
+)
+def test_redis_refusing_a_command_is_one_line_and_exit_1(
+    world: World, monkeypatch: pytest.MonkeyPatch, error: Exception, message: str
+) -> None:
+    def refuse(*_: Any, **__: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(Rstick, "enqueue", refuse)
+    result = world.invoke("enqueue", "Dag")
+    assert result.exit_code == 1
+    assert result.stderr == f"rstick: {message}\n"
+
+
+def test_ctrl_c_in_a_command_is_exit_130(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupt(*_: Any, **__: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Rstick, "list_workers", interrupt)
+    result = world.invoke("workers")
+    assert result.exit_code == 130
+    assert result.stderr == "rstick: interrupted\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import fakeredis
 from drive import run, run_until_idle, sibling
 
 from rstick import AsyncRunRef, Context, Rstick, RunRef, StickyStrategy, Worker
@@ -77,6 +78,9 @@ def test_emit_reaches_workflows_registered_by_a_worker_of_another_app(app: Rstic
     client = sibling(app)
     assert workflows_of(app, client.emit("user:create", {"id": 2})) == ["Remote"]
 
+    # A new event loop: an asyncio client of its own (redis-py before 8 binds one to its loop).
+    server = app.client.redis.connection_pool.connection_kwargs["server"]
+    other.client.use(aio=fakeredis.FakeAsyncRedis(server=server))
     run_until_idle(other, "crm-1")
     assert [
         app.get_run(r.run_id).status.value

@@ -11,7 +11,7 @@ from clock import FakeClock
 
 from rstick import Context, Rstick, RunFailed, StickyStrategy, Worker
 from rstick.keys import GROUP
-from rstick.reaper import Reaper
+from rstick.reaper import Reaper, ReapReport
 
 T = TypeVar("T")
 
@@ -266,3 +266,16 @@ def test_zombie_completion_is_refused_after_reassignment(app: Rstick) -> None:
 
     run(scenario())
     assert ref.result(timeout=1)["a"]["worker"] == "w2"
+
+
+def test_a_report_counts_in_words_that_agree_with_the_number() -> None:
+    one = ReapReport(["w1"], {"moved": ["r1"]}, redispatched=1, deleted=1, removed_workers=["w1"])
+    assert one.summary() == (
+        "1 dead worker, 1 run moved, 1 entry dispatched again, 1 stale entry deleted, "
+        "1 worker removed"
+    )
+    two = ReapReport(["w1", "w2"], {"parked": ["r1", "r2"]}, 2, 0, [])
+    assert two.summary() == (
+        "2 dead workers, 2 runs parked, 2 entries dispatched again, 0 stale entries deleted, "
+        "0 workers removed"
+    )

@@ -473,13 +473,13 @@ def test_entries_of_a_stale_attempt_or_unknown_run_are_dropped(app: Rstick, redi
 
 
 def test_malformed_entries_are_dead_lettered_and_the_worker_goes_on(
-    app: Rstick, redis: Any
+    app: Rstick, redis: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     calls: list[tuple[str, str, str]] = []
     define(app, calls)
     queue = app.keys.queue("default")
-    redis.xadd(queue, {"junk": "yes"})
-    redis.xadd(queue, {"r": "x", "s": "y", "a": "1", "e": "0"})  # no workflow field
+    junk = redis.xadd(queue, {"junk": "yes"}).decode()
+    no_wf = redis.xadd(queue, {"r": "x", "s": "y", "a": "1", "e": "0"}).decode()  # no workflow
     redis.xadd(queue, {"r": "x", "s": "y", "a": "1", "e": "0", "w": "Ghost"})
     ref = app.enqueue("add", {"x": 2, "y": 2})
 
@@ -498,6 +498,12 @@ def test_malformed_entries_are_dead_lettered_and_the_worker_goes_on(
     assert [d["reason"] for d in letters] == [malformed, malformed]
     assert all(d["stream"] == queue and d["worker"] == "w1" for d in letters)
     assert letters[0]["junk"] == "yes"
+    # The log says which entry went, and of which run and step when it names them.
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dead-")]
+    assert logged == [
+        f"dead-lettered entry {junk} of {queue}: {malformed}",
+        f"dead-lettered entry {no_wf} of {queue} (run x, step y): {malformed}",
+    ]
 
 
 def test_an_entry_with_binary_fields_does_not_stop_the_worker(app: Rstick, redis: Any) -> None:

@@ -478,3 +478,33 @@ def test_a_completion_resent_after_a_lost_reply_is_applied_once(app: Rstick) -> 
         "a",
         "b",
     ]
+
+
+def test_the_stop_log_line_counts_in_words(app: Rstick, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="rstick")
+    worker = Worker(app, worker_id="w1", drain_timeout=30)
+    worker.running["one"] = None  # type: ignore[assignment]  # only counted here
+    worker.request_stop()
+    assert "stopping: finishing 1 running step (at most 30s)" in caplog.messages
+
+
+def test_backoff_names_the_url_and_a_refused_login_is_not_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from redis.exceptions import AuthenticationError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from rstick import LoginFailed
+    from rstick.worker import Backoff
+
+    backoff = Backoff("read", "redis://:pw?x@127.0.0.1:6390/0", first=0.0)
+    run(backoff.wait(RedisConnectionError("refused")))
+    assert caplog.messages == [
+        "redis unavailable at redis://:***@127.0.0.1:6390/0 (ConnectionError: refused); "
+        "read retrying in 0.0s"
+    ]
+    with pytest.raises(LoginFailed) as refused:
+        run(backoff.wait(AuthenticationError("invalid username-password pair")))
+    assert str(refused.value) == (
+        "cannot log in to Redis at redis://:***@127.0.0.1:6390/0: wrong password"
+    )

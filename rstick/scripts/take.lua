@@ -32,7 +32,8 @@ if not live then left = 0 end
 --   {"fwd", run, step, worker}   pinned elsewhere, or moved to a worker with the code
 --   {"wait", run, step, reason}  no live worker has the code: parked, the run says why
 --   {"drop", run, step, reason}  stale or finished: acknowledged and deleted
---   {"dead", "", "", reason}     not a valid rstick message: dead-lettered
+--   {"dead", run, step, reason, stream, id}  not a valid rstick message: dead-lettered
+--                                (run and step "" when the entry lacks them)
 -- An unpinned sticky run is pinned here; its held roots go to this worker's stream.
 -- With `again` (an entry already delivered to this worker), an entry whose step
 -- already runs here at its attempt is left pending and nil returned.
@@ -45,7 +46,7 @@ local function claim(stream, id, kv, again)
     for k = 1, #kv do dead[#dead + 1] = kv[k] end
     dead_letter(p, dead_max, unpack(dead))
     ack_delete(stream, id)
-    return {'dead', '', '', reason}
+    return {'dead', run or '', step or '', reason, stream, id}
   end
 
   local rk = run_key(p, run)
