@@ -10,7 +10,7 @@ import traceback
 
 import click
 
-from rstick import LoginFailed, Rstick, Worker
+from rstick import LoginFailed, Rstick, Worker, WorkerIdInUse
 from rstick.preflight import UnsafeRedis
 
 from .errors import BadInput, Fail
@@ -109,6 +109,14 @@ def setup_logging(worker_id: str, verbose: bool) -> None:
     help="A worker is dead after this long without a heartbeat. [default: the app's, 10]",
 )
 @click.option(
+    "--max-hung",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Steps that ignore their timeout and run on (threads cannot be killed) the worker "
+    "tolerates; one more and it drains and exits 1, for its supervisor to restart it. "
+    "[default: --concurrency]",
+)
+@click.option(
     "--allow-eviction",
     is_flag=True,
     help="Start even if Redis evicts any key when full (maxmemory-policy allkeys-*): "
@@ -126,6 +134,7 @@ def worker(
     drain_timeout: float,
     heartbeat: float | None,
     worker_ttl: float | None,
+    max_hung: int | None,
     allow_eviction: bool,
     verbose: bool,
 ) -> None:
@@ -134,7 +143,8 @@ def worker(
     MODULE:APP names the Rstick object, e.g. examples.sticky_dag:app.
     MODULE is imported from the current folder. On the first signal the worker
     stops taking work, finishes its running steps and exits 0; a second signal
-    exits at once.
+    exits at once. It exits 1 when it stopped itself: Redis refused its login,
+    another process took its --worker-id over, or too many steps hung (--max-hung).
     """
     settings = ctx.ensure_object(Settings)
     app = load_app(app_spec)
@@ -159,12 +169,15 @@ def worker(
         concurrency=concurrency,
         queues=list(queues) or None,
         drain_timeout=drain_timeout,
+        max_hung=max_hung,
         allow_eviction=allow_eviction,
     )
     setup_logging(serving.id(), verbose)
     try:
-        serving.run()
-    except LoginFailed as exc:
+        code = serving.run()
+    except (LoginFailed, WorkerIdInUse) as exc:
         raise Fail(str(exc)) from None
     except UnsafeRedis as exc:
         raise BadInput(str(exc)) from None
+    if code:
+        raise click.exceptions.Exit(code)

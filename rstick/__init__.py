@@ -16,6 +16,7 @@ from .errors import (
     StepTimeout,
     StickyChildError,
     UnknownWorkflow,
+    WorkerIdInUse,
 )
 from .records import Run, RunStatus, StepState, StepStatus, StickyStrategy, WorkerInfo
 from .worker import Worker
@@ -44,6 +45,7 @@ __all__ = [
     "StickyStrategy",
     "UnknownWorkflow",
     "Worker",
+    "WorkerIdInUse",
     "WorkerInfo",
     "WorkflowDef",
 ]
