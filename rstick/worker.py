@@ -3,10 +3,8 @@
 The loop is three small coroutines that share one asyncio event loop, and a
 heartbeat thread beside them:
 
-- ``_fetch_loop``: while slots are free, read and claim a batch in one script
-  call (``take.lua``: personal stream first, then the shared queues); when every
-  stream is empty, block in XREADGROUP with the claim of what it delivers
-  pipelined behind it (``blocking.py``), so a wake-up is one round trip;
+- ``_fetch_loop``: while slots are free, read and claim a batch (``fetch.py``) and
+  start the steps it hands over (``steps.py``);
 - ``_complete_loop``: send finished steps' outcomes in one script call per batch;
 - ``_tick_loop``: due delayed entries, entries waiting for this worker's code, and
   the reaper (``reaper.py``);
@@ -21,69 +19,44 @@ rejoined, so what the reaper settles and what the worker runs never overlap.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import functools
 import logging
 import os
 import signal
 import socket
 import time
-import traceback
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 
-from .app import Rstick, StepDef, WorkflowDef
-from .blocking import BlockingConnection
-from .codec import pack, unpack
-from .context import Context
+from .app import Rstick
+from .backoff import Backoff
 from .credentials import hide_password, login_failure
-from .errors import LoginFailed, StepTimeout, WorkerIdInUse
+from .errors import LoginFailed, WorkerIdInUse
+from .fetch import Fetcher
 from .heartbeat import BeatResult, Heartbeat
 from .keys import GROUP
 from .outage import AUTH_ERRORS, describe_outage, is_outage
 from .plural import plural
 from .preflight import check_server_once
-from .protocol import Claim, text
+from .protocol import text
 from .reaper import Reaper, ReapReport
 from .scripts import Scripts
+from .steps import Job, Outcome, StepRunner
 from .threads import StepThreads
 
 log = logging.getLogger("rstick.worker")
 
 TICK = 0.1  # seconds between moves of due delayed entries
-CANCEL_GRACE = 1.0  # seconds an async step past its timeout has to honour its cancel
 STOP_GRACE = 5.0  # seconds the loops have to end once cancelled, at stop
 MAX_COMPLETE_BATCH = 500  # outcomes per complete script call
 RECOVER_BATCH = 1000  # pending entries looked at per stream by recover_stranded
-FIRST_BACKOFF, MAX_BACKOFF = 0.1, 5.0  # seconds: a loop's retries after an outage
 
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """A claimed step: everything needed to run it and to complete it."""
-
-    stream: str
-    entry_id: str
-    run_id: str
-    workflow: WorkflowDef
-    step: StepDef
-    attempt: int
-    epoch: int
-    lost: int  # earlier attempts lost with their worker: they use up no retries
-
-    @property
-    def key(self) -> str:
-        """Unique among running jobs: two streams can hand out one entry id in the same ms."""
-        return f"{self.stream} {self.entry_id}"
 
 
 class Worker:
@@ -113,26 +86,29 @@ class Worker:
         self.queues = queues or sorted({wf.queue for wf in app.workflows.values()}) or ["default"]
         self.drain_timeout = drain_timeout
         self.block_ms = int(block * 1000)
+        self._wake = asyncio.Event()  # a slot freed, a beat came, or a stop: look again
         self.allow_eviction = allow_eviction  # start on an allkeys-* Redis (preflight.py)
-        # Steps abandoned by their timeout and still running (a thread cannot be
-        # killed; a coroutine may ignore its cancel): past this many, the worker stops.
-        self.max_hung = concurrency if max_hung is None else max_hung
         self.personal = self.keys.personal(self._id)
         self.streams = [self.personal, *(self.keys.queue(q) for q in self.queues)]
         self._serves = " " + " ".join(app.workflows) + " "
-        self.instances = {wf.name: wf.cls() for wf in app.workflows.values() if wf.cls}
         self.threads = StepThreads(f"rstick-{self._id}")
-        self.running: dict[str, asyncio.Task[None]] = {}
-        self.hung: set[str] = set()
+        self.fetcher = Fetcher(
+            app.client, self.keys, self._id, self.streams, self._serves, app.dead_maxlen
+        )
+        # Steps abandoned by their timeout and still running (a thread cannot be
+        # killed; a coroutine may ignore its cancel): past max_hung, the worker stops.
+        self.steps = StepRunner(
+            app,
+            self,
+            threads=self.threads,
+            max_hung=concurrency if max_hung is None else max_hung,
+            record=self._record,
+            freed=self._wake.set,
+            too_many_hung=lambda: self.request_stop(1),
+        )
         self.outcomes: list[list[Any]] = []
         self._flushing: list[list[Any]] = []  # the batch the complete script is applying
         self._completing = asyncio.Lock()  # held while a batch is in flight
-        # The marks of the last take that left slots free (see take.lua), while they
-        # hold: with them the worker may block in XREADGROUP and claim what the read
-        # delivers in the same round trip. Only fetch() reads entries.
-        self._marks: list[Any] | None = None
-        # The blocking read's connection, and the client it was made for.
-        self._blocking: tuple[Any, BlockingConnection | None] | None = None
         self.stopping = False
         self.exit_code = 0
         self._hand_off = True
@@ -141,7 +117,6 @@ class Worker:
         self._lent = 0
         self.live = asyncio.Event()  # the heartbeat holds: the worker may claim
         self._rejoin: str | None = None  # why the worker must rejoin before it claims
-        self._wake = asyncio.Event()  # a slot freed, a beat came, or a stop: look again
         self._outcome_ready = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -158,6 +133,24 @@ class Worker:
     @property
     def scripts(self) -> Scripts:
         return self.app.client.ascripts
+
+    @property
+    def running(self) -> dict[str, asyncio.Task[None]]:
+        """The steps running now, by entry."""
+        return self.steps.running
+
+    @property
+    def hung(self) -> set[str]:
+        """Steps past their timeout that go on running."""
+        return self.steps.hung
+
+    @property
+    def max_hung(self) -> int:
+        return self.steps.max_hung
+
+    @max_hung.setter
+    def max_hung(self, value: int) -> None:
+        self.steps.max_hung = value
 
     @property
     def free(self) -> int:
@@ -488,10 +481,7 @@ class Worker:
                     await self._rejoin_now()
                     recover_at = time.monotonic() + self.app.worker_ttl
                     continue
-                conn = self._blocking[1] if self._blocking else None
-                if time.monotonic() >= recover_at or (conn is not None and conn.reconnected):
-                    if conn is not None:
-                        conn.reconnected = False
+                if self.fetcher.reconnected() or time.monotonic() >= recover_at:
                     await self.recover_stranded()
                     recover_at = time.monotonic() + self.app.worker_ttl
                 await self.fetch(self.block_ms)
@@ -588,172 +578,26 @@ class Worker:
         return int(moved) + int(adopted)
 
     async def fetch(self, block_ms: int | None) -> int:
-        """Take up to ``free`` entries and start their steps; returns entries handled.
-
-        One script call reads and claims while there is work. When every stream is
-        empty the worker blocks in XREADGROUP (scripts cannot) with the claim of what
-        the read delivers pipelined behind it: Redis runs that claim as soon as the
-        read is served, so an idle worker starts a new step one round trip after it
-        was enqueued, not two.
-        """
-        marks, self._marks = self._marks, None  # a failed call leaves no stale marks
-        free = self.free
-        if block_ms is None or marks is None:
-            replies, marks, live = await self._take(free, None, want_marks=block_ms is not None)
-            if live and not replies and block_ms is not None:
-                replies, marks, live = await self._wait_for_entries(free, block_ms, marks)
-        else:
-            replies, marks, live = await self._wait_for_entries(free, block_ms, marks)
+        """Take up to ``free`` entries (``fetch.py``) and start their steps; returns
+        entries handled. ``block_ms`` None: never block."""
+        claims, live = await self.fetcher.fetch(self.free, block_ms)
+        if self.stopping:
+            self.fetcher.close()  # the fetch loop ends now
         if not live:
             # Our heartbeat lapsed: claim nothing until the next beat says we may.
             self.live.clear()
             return 0
-        self._marks = marks or None
-        for reply in replies:
+        for claim in claims:
             try:
-                self._start(Claim.from_reply(reply))
+                self.steps.start(claim)
             except Exception:  # a bug: the step stays pending here and is recovered
-                log.exception("could not start %r", reply[:3])
-        if replies:
+                log.exception("could not start %s/%s", claim.run_id, claim.step)
+        if claims:
             # Let the new steps begin before the fetch loop's next round trip.
             await asyncio.sleep(0)
-        return len(replies)
+        return len(claims)
 
-    def _take_args(self, free: int, marks: list[Any] | None, want_marks: bool) -> list[Any]:
-        args: list[Any] = [self.keys.prefix, self._id, self._serves, free]
-        args += ["1" if want_marks else "", self.app.dead_maxlen]
-        for i, stream in enumerate(self.streams):
-            args += [stream, marks[i] if marks else ""]
-        return args
-
-    async def _take(
-        self, free: int, marks: list[Any] | None, *, want_marks: bool
-    ) -> tuple[list[Any], list[Any], bool]:
-        """One take.lua call: (claim replies, marks or [], live). On the worker's own
-        connection when it has one (redis-py's command path is a third of the
-        fetch loop's CPU), else, and to load the script, redis-py's way."""
-        args = self._take_args(free, marks, want_marks)
-        conn = self._blocking_connection()
-        if conn is not None:
-            command = ("EVALSHA", self.scripts.take.sha, 1, self.keys.workflows, *args)
-            [reply] = await conn.call([command], 30.0)
-            if not isinstance(reply, NoScriptError):
-                if isinstance(reply, Exception):
-                    raise reply
-                return reply[0], reply[1], bool(reply[2])
-        reply = await self.scripts.take(keys=[self.keys.workflows], args=args)
-        return reply[0], reply[1], bool(reply[2])
-
-    async def _wait_for_entries(
-        self, free: int, block_ms: int, marks: list[Any]
-    ) -> tuple[list[Any], list[Any], bool]:
-        """Block until an entry comes (or ``block_ms`` pass) and claim what the read
-        delivered, in one round trip: take.lua rides in the pipeline behind the read,
-        and Redis runs it as soon as the read is served.
-
-        COUNT is per stream, so the read delivers at most one entry per stream;
-        take.lua claims them (giving back any beyond ``free``) and reads nothing
-        else, to keep the way to the step's start short: it returns no marks, so the
-        next fetch takes whatever else there is. Returns as ``_take``."""
-        take = self.scripts.take
-        args = self._take_args(free, marks, True)
-        conn = self._blocking_connection()
-        if conn is not None:
-            read_cmd: tuple[Any, ...] = ("XREADGROUP", "GROUP", GROUP, self._id, "COUNT", 1)
-            read_cmd += ("BLOCK", block_ms, "STREAMS", *self.streams, *(">" for _ in self.streams))
-            take_cmd = ("EVALSHA", take.sha, 1, self.keys.workflows, *args)
-            # No reply past the block means a dead connection, not a slow Redis.
-            timeout = block_ms / 1000 + 30
-            read, reply = await conn.call([read_cmd, take_cmd], timeout)
-        else:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.xreadgroup(
-                GROUP, self._id, dict.fromkeys(self.streams, ">"), count=1, block=block_ms
-            )
-            pipe.evalsha(take.sha, 1, self.keys.workflows, *args)
-            read, reply = await pipe.execute(raise_on_error=False)
-        if self.stopping and conn is not None:
-            conn.close()  # the fetch loop ends now
-        if isinstance(reply, NoScriptError) and not isinstance(read, Exception):
-            # Redis lost its scripts: load take.lua and claim what the read delivered.
-            return await self._take(free, marks, want_marks=True)
-        for result in (read, reply):
-            if isinstance(result, Exception):
-                raise result
-        return reply[0], reply[1], bool(reply[2])
-
-    def _blocking_connection(self) -> BlockingConnection | None:
-        """The connection of this worker's blocking reads (``blocking.py``), made for
-        the client in use; None when that client is served by a redis-py pipeline."""
-        client = self.redis
-        if self._blocking is None or self._blocking[0] is not client:
-            self._blocking = (client, BlockingConnection.for_client(client))
-        return self._blocking[1]
-
-    def _start(self, claim: Claim) -> None:
-        """Start the step a claim hands us; log the entries it did not."""
-        if claim.kind != "run":
-            where = f"{claim.run_id}/{claim.step}"
-            if claim.kind == "dead":
-                what = f"entry {claim.entry_id} of {claim.stream}"
-                what += f" (run {claim.run_id}, step {claim.step})" if claim.run_id else ""
-                log.warning("dead-lettered %s: %s", what, claim.detail)
-            elif claim.kind == "wait":
-                log.info("%s waits for a worker with its code: %s", where, claim.detail)
-            elif claim.kind == "fwd":
-                log.debug("%s forwarded to worker %s", where, claim.detail)
-            else:
-                log.debug("%s dropped: %s", where, claim.detail)
-            return
-        wf = self.app.workflows[claim.workflow]
-        step = wf.steps.get(claim.step) or _missing_step(wf.name, claim.step)
-        job = Job(
-            claim.stream,
-            claim.entry_id,
-            claim.run_id,
-            wf,
-            step,
-            claim.attempt,
-            claim.epoch,
-            claim.lost,
-        )
-        try:
-            data = unpack(claim.input)
-            parents = {name: unpack(raw) for name, raw in claim.parents.items()}
-        except Exception as exc:  # stored bytes that are not msgpack: retrying cannot help
-            log.error(
-                "%s/%s: corrupt payload (%s): failed and dead-lettered", job.run_id, step.name, exc
-            )
-            error = {"type": "CorruptPayload", "message": f"stored input is not msgpack: {exc}"}
-            self._record(job, ("dead", pack({**error, "tb": ""}), 0))
-            return
-        ctx = Context(
-            job.run_id,
-            step.name,
-            data,
-            job.attempt,
-            self,
-            reassigned=claim.reassigned,
-            parents=parents,
-        )
-        self.running[job.key] = asyncio.create_task(self._execute(job, ctx))
-
-    async def _execute(self, job: Job, ctx: Context) -> None:
-        try:
-            outcome = await self._outcome(job, ctx)
-        except asyncio.CancelledError:
-            raise  # the worker stops: the entry stays pending, to be re-run
-        except BaseException as exc:  # our own handling failed: the step still ends
-            log.exception(
-                "%s/%s: the worker could not handle its outcome", job.run_id, job.step.name
-            )
-            outcome = ("fail", pack(describe_failure(exc)), 0)
-        finally:
-            self.running.pop(job.key, None)
-            self._wake.set()
-        self._record(job, outcome)
-
-    def _record(self, job: Job, outcome: tuple[str, bytes, int]) -> None:
+    def _record(self, job: Job, outcome: Outcome) -> None:
         """Queue an outcome for the complete loop's next batch."""
         kind, payload, delay_ms = outcome
         step = job.step
@@ -774,100 +618,6 @@ class Worker:
         )
         self.steps_done += 1
         self._outcome_ready.set()
-
-    async def _outcome(self, job: Job, ctx: Context) -> tuple[str, bytes, int]:
-        """Run the step: ("ok", output, 0), ("retry", error, delay_ms) or ("fail", error, 0)."""
-        step = job.step
-        try:
-            return "ok", pack(await self._call(job, ctx), "output"), 0
-        except BaseException as exc:
-            task = asyncio.current_task()
-            if isinstance(exc, asyncio.CancelledError) and task and task.cancelling():
-                raise  # the worker cancelled it (stopping): its entry stays pending
-            # Anything else the step raised fails the attempt: a CancelledError of its
-            # own, SystemExit, KeyboardInterrupt, an exception whose str() raises.
-            error = describe_failure(exc)
-            # Attempts lost with a worker are no errors of the step's: retries are for these.
-            errors = job.attempt - job.lost
-            if errors <= step.retries:
-                log.info(
-                    "%s/%s attempt %d failed (%s: %s): retrying",
-                    job.run_id,
-                    step.name,
-                    job.attempt,
-                    error["type"],
-                    error["message"],
-                )
-                return "retry", pack(error), int(step.retry_delay(errors) * 1000)
-            log.warning(
-                "%s/%s failed: %s: %s", job.run_id, step.name, error["type"], error["message"]
-            )
-            return "fail", pack(error), 0
-
-    async def _call(self, job: Job, ctx: Context) -> Any:
-        step, wf = job.step, job.workflow
-        if wf.is_task:
-            data = ctx.input
-            args: tuple[Any, ...] = (ctx,) if data is None else (ctx, data)
-            kwargs: dict[str, Any] = {}
-            if isinstance(data, dict):
-                args, kwargs = (ctx,), {str(k): v for k, v in data.items()}
-        else:
-            args, kwargs = (self.instances[wf.name], ctx), {}
-        if step.is_async:
-            if step.timeout is None:
-                return await step.fn(*args, **kwargs)
-            work: asyncio.Future[Any] = asyncio.ensure_future(step.fn(*args, **kwargs))
-        else:
-            thread = self.threads.submit(functools.partial(step.fn, *args, **kwargs))
-            work = asyncio.wrap_future(thread)
-            if step.timeout is None:
-                return await work
-        try:
-            done, _ = await asyncio.wait([work], timeout=step.timeout)
-        except asyncio.CancelledError:
-            work.cancel()
-            raise
-        if done:
-            return work.result()
-        if step.is_async:
-            work.cancel()  # it stops here, if it honours the cancel
-            done, _ = await asyncio.wait([work], timeout=CANCEL_GRACE)
-            if not done:
-                self._abandon(job, work)
-        else:  # a thread cannot be stopped: it runs on, to its end
-            self._abandon(job, thread)
-        raise StepTimeout(f"step {step.name!r} timed out after {step.timeout}s")
-
-    def _abandon(
-        self, job: Job, work: asyncio.Future[Any] | concurrent.futures.Future[Any]
-    ) -> None:
-        """A step past its timeout that goes on running: its thread (or coroutine) is
-        left to finish, and the worker keeps its full capacity meanwhile; past
-        ``max_hung`` of them it stops, so that its supervisor starts a fresh process."""
-        key = job.key
-        self.hung.add(key)
-        loop = asyncio.get_running_loop()
-
-        def ended(_: Any) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: we are gone
-                loop.call_soon_threadsafe(self.hung.discard, key)
-
-        work.add_done_callback(ended)
-        log.warning(
-            "%s/%s ignored its timeout and goes on running (%s hung, limit %d)",
-            job.run_id,
-            job.step.name,
-            plural(len(self.hung), "step"),
-            self.max_hung,
-        )
-        if len(self.hung) > self.max_hung and not self.stopping:
-            log.error(
-                "%s hung past their timeout (threads cannot be killed): stopping so that "
-                "a supervisor starts a fresh worker",
-                plural(len(self.hung), "step"),
-            )
-            self.request_stop(1)
 
     async def flush(self) -> None:
         """Send every pending outcome in one script call; log the refused ones."""
@@ -950,21 +700,6 @@ class Worker:
             loop.call_soon_threadsafe(apply)
 
 
-def describe_failure(exc: BaseException) -> dict[str, str]:
-    """What a failed step leaves behind: type, message, traceback; never raises,
-    whatever the exception's ``__str__`` does."""
-    kind = type(exc).__qualname__
-    try:
-        message = str(exc)
-    except BaseException as err:
-        message = f"<{kind} object: str() raised {type(err).__qualname__}>"
-    try:
-        tb = "".join(traceback.format_exception(exc))
-    except BaseException:
-        tb = "".join(traceback.format_tb(exc.__traceback__)) + f"{kind}: {message}\n"
-    return {"type": kind, "message": message, "tb": tb}
-
-
 def _beat_result(raw: Any) -> BeatResult:
     if isinstance(raw, list):
         return ("taken", text(raw[1]), text(raw[2]))
@@ -986,44 +721,3 @@ async def _cancel(*tasks: asyncio.Task[Any]) -> None:
     for task in tasks:
         if task.done() and not task.cancelled() and task.exception():
             log.error("task %s failed: %r", task.get_name(), task.exception())
-
-
-def _missing_step(workflow: str, step: str) -> StepDef:
-    """A step this worker's code lacks (another version enqueued it): it fails clearly."""
-
-    def missing(*_: Any) -> None:
-        raise LookupError(f"this worker's workflow {workflow!r} has no step {step!r}")
-
-    return StepDef(step, missing)
-
-
-class Backoff:
-    """Exponential backoff for a loop that lost Redis: one log line per attempt, naming
-    the URL (password hidden). A refused login is no outage: retrying cannot fix the
-    credentials, so it raises LoginFailed."""
-
-    def __init__(
-        self, what: str, where: str, first: float = FIRST_BACKOFF, cap: float = MAX_BACKOFF
-    ) -> None:
-        self.what, self.where, self.first, self.cap = what, hide_password(where), first, cap
-        self.delay = first
-
-    def reset(self) -> None:
-        self.delay = self.first
-
-    async def wait(self, exc: BaseException) -> None:
-        login = login_failure(self.where, exc)
-        if login is not None:  # retrying cannot fix credentials
-            raise LoginFailed(login)
-        if is_outage(exc):
-            log.warning(
-                "redis unavailable at %s (%s); %s retrying in %.1fs",
-                self.where,
-                describe_outage(exc),
-                self.what,
-                self.delay,
-            )
-        else:
-            log.warning("%s failed (%s); retrying in %.1fs", self.what, exc, self.delay)
-        await asyncio.sleep(self.delay)
-        self.delay = min(self.delay * 2, self.cap)

@@ -104,7 +104,7 @@ def test_past_max_hung_the_worker_stops_so_that_its_supervisor_restarts_it(
 def test_an_async_step_that_swallows_its_cancel_is_abandoned_after_a_grace(
     app: Rstick, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("rstick.worker.CANCEL_GRACE", 0.05)
+    monkeypatch.setattr("rstick.steps.CANCEL_GRACE", 0.05)
     done = asyncio.Event()
 
     @app.task(timeout=0.05)

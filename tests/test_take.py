@@ -41,7 +41,7 @@ def tasks(app: Rstick) -> Rstick:
 
 async def take(w: Worker, free: int, marks: list[Any] | None) -> Any:
     """take.lua as the worker calls it: (replies decoded to (kind, run, step), marks)."""
-    args = w._take_args(free, marks, True)
+    args = w.fetcher.take_args(free, marks, True)
     replies, new_marks, live = await w.scripts.take(keys=[w.keys.workflows], args=args)
     assert live == 1
     return [tuple(x.decode() for x in r[:3]) for r in replies], new_marks
@@ -180,20 +180,20 @@ def test_the_worker_runs_what_a_take_after_a_blocking_read_hands_it(
         w = Worker(tasks, worker_id="w1", concurrency=4)
         await w.start()
         assert await w.fetch(None) == 0
-        _, w._marks = await take(w, 4, None)
+        _, w.fetcher.marks = await take(w, 4, None)
         ref = tasks.enqueue("job")
         blocking_read(redis, w)
 
         async def pipelined(free: int, block_ms: int, marks: list[Any]) -> Any:
-            args = w._take_args(free, marks, True)
+            args = w.fetcher.take_args(free, marks, True)
             replies, new_marks, live = await w.scripts.take(keys=[w.keys.workflows], args=args)
             return replies, new_marks, bool(live)
 
-        w._wait_for_entries = pipelined  # type: ignore[method-assign]
+        w.fetcher.wait_for_entries = pipelined  # type: ignore[method-assign]
         assert await w.fetch(1000) == 1
         await asyncio.wait(list(w.running.values()))
         await w.flush()
-        assert w._marks is None  # the next fetch takes (and marks) before it blocks again
+        assert w.fetcher.marks is None  # the next fetch takes (and marks) before it blocks again
         w.threads.shutdown()
         return ref.run_id
 
@@ -241,12 +241,12 @@ def test_a_worker_whose_heartbeat_lapsed_claims_nothing_until_it_beats(
         _, marks = await take(w, 4, None)
         ref = tasks.enqueue("job")
         clock.advance(tasks.worker_ttl + 1)  # paused: the reaper may be settling w1 now
-        args = w._take_args(4, None, True)
+        args = w.fetcher.take_args(4, None, True)
         replies, _, live = await w.scripts.take(keys=[w.keys.workflows], args=args)
         assert (replies, live) == ([], 0)
         # What a blocking read delivered meanwhile goes back, undelivered, and unclaimed.
         [delivered] = blocking_read(redis, w)
-        args = w._take_args(4, marks, True)
+        args = w.fetcher.take_args(4, marks, True)
         replies, _, live = await w.scripts.take(keys=[w.keys.workflows], args=args)
         assert (replies, live) == ([], 0)
         queue = tasks.keys.queue("default")

@@ -495,7 +495,7 @@ def test_backoff_names_the_url_and_a_refused_login_is_not_retried(
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from rstick import LoginFailed
-    from rstick.worker import Backoff
+    from rstick.backoff import Backoff
 
     backoff = Backoff("read", "redis://:pw?x@127.0.0.1:6390/0", first=0.0)
     run(backoff.wait(RedisConnectionError("refused")))

@@ -63,7 +63,7 @@ def test_a_blocked_worker_claims_what_it_is_handed_on_its_own_connection(
     async def scenario() -> None:
         w = Worker(app, worker_id="w1", concurrency=4)
         await w.start()
-        assert isinstance(w._blocking_connection(), BlockingConnection)
+        assert isinstance(w.fetcher.blocking_connection(), BlockingConnection)
         assert await w.fetch(None) == 0
         for _ in range(3):
             handled, run_id = await wake(w, app, redis_url)

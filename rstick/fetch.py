@@ -1,0 +1,145 @@
+"""A worker's reads: take.lua, and the blocking read with take.lua pipelined behind it.
+
+One script call reads and claims while there is work. When every stream is empty
+the worker blocks in XREADGROUP (scripts cannot) with the claim of what the read
+delivers pipelined behind it: Redis runs that claim as soon as the read is served,
+so an idle worker starts a new step one round trip after it was enqueued, not two.
+Both go on the worker's own connection (``blocking.py``) when it can have one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from .blocking import BlockingConnection
+from .keys import GROUP, Keys
+from .protocol import Claim
+
+TAKE_TIMEOUT = 30.0  # seconds: no reply by then (past a block) means a dead connection
+
+Reply = tuple[list[Any], list[Any], bool]  # take.lua's: claim replies, marks, live
+
+
+class Fetcher:
+    """Reads for one worker. ``fetch`` is never called concurrently (only the worker's
+    fetch loop reads), so the marks and the connection are plain attributes."""
+
+    def __init__(
+        self,
+        client: Any,
+        keys: Keys,
+        worker_id: str,
+        streams: list[str],
+        serves: str,
+        dead_maxlen: int,
+    ) -> None:
+        """``client``: the app's Client (its asyncio redis client may be made anew);
+        ``streams``: the personal stream first, then the shared queues; ``serves``:
+        the workflows the worker has the code of, " name name ... "."""
+        self.client = client
+        self.keys = keys
+        self.worker_id = worker_id
+        self.streams = streams
+        self.serves = serves
+        self.dead_maxlen = dead_maxlen
+        # The marks of the last take that left slots free (see take.lua), while they
+        # hold: with them the worker may block in XREADGROUP and claim what the read
+        # delivers in the same round trip.
+        self.marks: list[Any] | None = None
+        # The blocking read's connection, and the client it was made for.
+        self._blocking: tuple[Any, BlockingConnection | None] | None = None
+
+    async def fetch(self, free: int, block_ms: int | None) -> tuple[list[Claim], bool]:
+        """Take up to ``free`` entries: (their claims, whether the worker is live: its
+        heartbeat holds). ``block_ms`` None: never block."""
+        marks, self.marks = self.marks, None  # a failed call leaves no stale marks
+        if block_ms is None or marks is None:
+            replies, marks, live = await self.take(free, None, want_marks=block_ms is not None)
+            if live and not replies and block_ms is not None:
+                replies, marks, live = await self.wait_for_entries(free, block_ms, marks)
+        else:
+            replies, marks, live = await self.wait_for_entries(free, block_ms, marks)
+        if live:
+            self.marks = marks or None
+        return [Claim.from_reply(r) for r in replies], live
+
+    def take_args(self, free: int, marks: list[Any] | None, want_marks: bool) -> list[Any]:
+        args: list[Any] = [self.keys.prefix, self.worker_id, self.serves, free]
+        args += ["1" if want_marks else "", self.dead_maxlen]
+        for i, stream in enumerate(self.streams):
+            args += [stream, marks[i] if marks else ""]
+        return args
+
+    async def take(self, free: int, marks: list[Any] | None, *, want_marks: bool) -> Reply:
+        """One take.lua call. On the worker's own connection when it has one (redis-py's
+        command path is a third of the fetch loop's CPU), else, and to load the
+        script, redis-py's way."""
+        scripts = self.client.ascripts
+        args = self.take_args(free, marks, want_marks)
+        conn = self.blocking_connection()
+        if conn is not None:
+            command = ("EVALSHA", scripts.take.sha, 1, self.keys.workflows, *args)
+            [reply] = await conn.call([command], TAKE_TIMEOUT)
+            if not isinstance(reply, NoScriptError):
+                if isinstance(reply, Exception):
+                    raise reply
+                return reply[0], reply[1], bool(reply[2])
+        reply = await scripts.take(keys=[self.keys.workflows], args=args)
+        return reply[0], reply[1], bool(reply[2])
+
+    async def wait_for_entries(self, free: int, block_ms: int, marks: list[Any]) -> Reply:
+        """Block until an entry comes (or ``block_ms`` pass) and claim what the read
+        delivered, in one round trip: take.lua rides in the pipeline behind the read,
+        and Redis runs it as soon as the read is served.
+
+        COUNT is per stream, so the read delivers at most one entry per stream;
+        take.lua claims them (giving back any beyond ``free``) and reads nothing
+        else, to keep the way to the step's start short: it returns no marks, so the
+        next fetch takes whatever else there is."""
+        take = self.client.ascripts.take
+        args = self.take_args(free, marks, True)
+        conn = self.blocking_connection()
+        if conn is not None:
+            read_cmd: tuple[Any, ...] = ("XREADGROUP", "GROUP", GROUP, self.worker_id, "COUNT", 1)
+            read_cmd += ("BLOCK", block_ms, "STREAMS", *self.streams, *(">" for _ in self.streams))
+            take_cmd = ("EVALSHA", take.sha, 1, self.keys.workflows, *args)
+            read, reply = await conn.call([read_cmd, take_cmd], block_ms / 1000 + TAKE_TIMEOUT)
+        else:
+            pipe = self.client.aredis.pipeline(transaction=False)
+            pipe.xreadgroup(
+                GROUP, self.worker_id, dict.fromkeys(self.streams, ">"), count=1, block=block_ms
+            )
+            pipe.evalsha(take.sha, 1, self.keys.workflows, *args)
+            read, reply = await pipe.execute(raise_on_error=False)
+        if isinstance(reply, NoScriptError) and not isinstance(read, Exception):
+            # Redis lost its scripts: load take.lua and claim what the read delivered.
+            return await self.take(free, marks, want_marks=True)
+        for result in (read, reply):
+            if isinstance(result, Exception):
+                raise result
+        return reply[0], reply[1], bool(reply[2])
+
+    def blocking_connection(self) -> BlockingConnection | None:
+        """The connection of this worker's reads (``blocking.py``), made for the client
+        in use; None when that client is served by a redis-py pipeline."""
+        client = self.client.aredis
+        if self._blocking is None or self._blocking[0] is not client:
+            self._blocking = (client, BlockingConnection.for_client(client))
+        return self._blocking[1]
+
+    def close(self) -> None:
+        """Close the worker's own connection (the worker stops)."""
+        conn = self._blocking[1] if self._blocking else None
+        if conn is not None:
+            conn.close()
+
+    def reconnected(self) -> bool:
+        """Whether the connection was made anew since the last call: a reply may have
+        been lost with the old one (the worker then recovers its stranded entries)."""
+        conn = self._blocking[1] if self._blocking else None
+        if conn is None or not conn.reconnected:
+            return False
+        conn.reconnected = False
+        return True
