@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .errors import DefinitionError
 from .keys import Keys
+from .names import check_name
 from .records import StickyStrategy
 
 if TYPE_CHECKING:
@@ -97,30 +98,6 @@ class WorkflowDef:
             schedule_timeout=float(d.get("schedule_timeout", 300.0)),
             is_task=bool(d.get("task", False)),
         )
-
-
-def _check_name(kind: str, name: str) -> str:
-    """Refuse a name the Redis layout cannot hold; return it.
-
-    Step, workflow and queue names are stored space-separated (a run's steps,
-    a worker's workflows and queues) and step names in retry entries
-    ``run|step|attempt|epoch``: a name with whitespace or ``|`` would be split
-    apart, or an empty one lost, long after it was accepted.
-    """
-    if not isinstance(name, str) or not name:
-        raise DefinitionError(f"{kind} name {name!r} must be a non-empty string")
-    for ch in name:
-        if ch.isspace():
-            raise DefinitionError(
-                f"{kind} name {name!r} contains whitespace ({ch!r}): "
-                "names are stored space-separated in Redis"
-            )
-        if ch == "|":
-            raise DefinitionError(
-                f"{kind} name {name!r} contains '|': it separates the fields of "
-                "retry entries ('run|step|attempt|epoch')"
-            )
-    return name
 
 
 def _check_retries(retries: int) -> None:
@@ -252,7 +229,7 @@ class Rstick:
 
         def mark(fn: F) -> F:
             step = StepDef(
-                _check_name("step", fn.__name__ if name is None else name),
+                check_name("step", fn.__name__ if name is None else name),
                 fn,
                 parent_names,
                 retries,
@@ -275,10 +252,10 @@ class Rstick:
         schedule_timeout: float = 300.0,
     ) -> Callable[[type[T]], type[T]]:
         """Register a class whose ``@app.step`` methods form a workflow."""
-        _check_name("queue", queue)
+        check_name("queue", queue)
 
         def register(cls: type[T]) -> type[T]:
-            wf_name = _check_name("workflow", cls.__name__ if name is None else name)
+            wf_name = check_name("workflow", cls.__name__ if name is None else name)
             steps: dict[str, StepDef] = {}
             for attr in vars(cls).values():
                 step = getattr(attr, _STEP_ATTR, None)
@@ -336,10 +313,10 @@ class Rstick:
         ``@app.task`` and ``@app.task(...)`` both work.
         """
         _check_retries(retries)
-        _check_name("queue", queue)
+        check_name("queue", queue)
 
         def register(fn: F) -> F:
-            wf_name = _check_name("task", fn.__name__ if name is None else name)
+            wf_name = check_name("task", fn.__name__ if name is None else name)
             step = StepDef(wf_name, fn, (), retries, timeout, backoff)
             self._add(
                 WorkflowDef(
