@@ -153,6 +153,8 @@ def emit(event: str, data_json: str | None, key: str | None, as_json: bool) -> N
         refs = app.emit(event, data, key=key)
     except SerializationError as exc:
         raise BadInput(f"--data: {exc}") from None
+    except ValueError as exc:  # an event name the layout cannot hold
+        raise BadInput(str(exc)) from None
     runs = [{"run_id": ref.run_id, "workflow": ref.get().workflow} for ref in refs]
     if as_json:
         click.echo(dumps({"event": event, "runs": runs}))

@@ -143,12 +143,15 @@ def worker(
     app.close()
     settings.url_in_use = str(app.redis_url)
     check_url(settings.url_in_use)
-    serving = Worker(
-        app,
-        worker_id=worker_id,
-        concurrency=concurrency,
-        queues=list(queues) or None,
-        drain_timeout=drain_timeout,
-    )
+    try:
+        serving = Worker(
+            app,
+            worker_id=worker_id,
+            concurrency=concurrency,
+            queues=list(queues) or None,
+            drain_timeout=drain_timeout,
+        )
+    except ValueError as exc:  # a worker id or queue name the layout cannot hold
+        raise BadInput(str(exc)) from None
     setup_logging(serving.id(), verbose)
     serving.run()

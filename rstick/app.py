@@ -100,6 +100,12 @@ class WorkflowDef:
         )
 
 
+def _check_events(on_events: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(on_events, str):
+        raise DefinitionError("on_events must be a list of event names, not a string")
+    return tuple(check_name("event", event) for event in on_events)
+
+
 def _check_retries(retries: int) -> None:
     if retries < 0:
         raise DefinitionError("retries must be >= 0")
@@ -253,6 +259,7 @@ class Rstick:
     ) -> Callable[[type[T]], type[T]]:
         """Register a class whose ``@app.step`` methods form a workflow."""
         check_name("queue", queue)
+        events = _check_events(on_events)
 
         def register(cls: type[T]) -> type[T]:
             wf_name = check_name("workflow", cls.__name__ if name is None else name)
@@ -272,7 +279,7 @@ class Rstick:
                     _link(wf_name, steps),
                     sticky or StickyStrategy.NONE,
                     queue,
-                    tuple(on_events),
+                    events,
                     schedule_timeout,
                     cls=cls,
                 )
@@ -314,6 +321,7 @@ class Rstick:
         """
         _check_retries(retries)
         check_name("queue", queue)
+        events = _check_events(on_events)
 
         def register(fn: F) -> F:
             wf_name = check_name("task", fn.__name__ if name is None else name)
@@ -324,7 +332,7 @@ class Rstick:
                     _link(wf_name, {wf_name: step}),
                     StickyStrategy.NONE,
                     queue,
-                    tuple(on_events),
+                    events,
                     is_task=True,
                 )
             )

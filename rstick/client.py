@@ -27,6 +27,7 @@ from .errors import (
     StepError,
     UnknownWorkflow,
 )
+from .names import check_name
 from .records import FINISHED, Run, RunStatus, WorkerInfo
 from .scripts import Scripts
 
@@ -393,6 +394,7 @@ class Client:
         return names
 
     def emit(self, event: str, data: Any = None, *, key: str | None = None) -> list[RunRef]:
+        check_name("event", event, ValueError)
         refs = []
         for name, run_id in self._event_runs(event, key, self._listeners(event)):
             refs.append(self.enqueue(name, data, run_id=run_id))
@@ -401,6 +403,7 @@ class Client:
     async def aemit(
         self, event: str, data: Any = None, *, key: str | None = None
     ) -> list[AsyncRunRef]:
+        check_name("event", event, ValueError)
         names: set[bytes] = set(await self.aredis.smembers(self.keys.event(event)))
         names |= {w.name.encode() for w in self.app.workflows.values() if event in w.on_events}
         refs = []

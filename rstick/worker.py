@@ -36,6 +36,7 @@ from .codec import pack, unpack
 from .context import Context
 from .errors import StepTimeout
 from .keys import GROUP
+from .names import check_name
 from .reaper import Reaper, ReapReport
 from .scripts import Scripts
 
@@ -85,9 +86,12 @@ class Worker:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        for queue in queues or ():
+            check_name("queue", queue, ValueError)
         self.app = app
         self.keys = app.keys
-        self._id = worker_id or default_worker_id()
+        self._id = default_worker_id() if worker_id is None else worker_id
+        check_name("worker id", self._id, ValueError)
         self.concurrency = concurrency
         self.queues = queues or sorted({wf.queue for wf in app.workflows.values()}) or ["default"]
         self.drain_timeout = drain_timeout

@@ -200,6 +200,18 @@ def test_bare_step_decorator_works_like_the_call(app: Rstick) -> None:
         ("My Flow", "a", "workflow name 'My Flow' contains whitespace"),
         ("a|b", "a", r"workflow name 'a\|b' contains '\|'"),
         ("", "a", "workflow name '' must be a non-empty string"),
+        ("Ok", "a\x00b", r"step name 'a\\x00b' contains a control character \(U\+0000\)"),
+        ("Ok", "a\x7f", r"contains a control character \(U\+007F\)"),
+        ("Ok", "a\x1fb", "contains whitespace"),  # str.split() splits on \x1c-\x1f
+        ("Ok", "a\u2028b", "contains whitespace"),  # the line separator
+        ("Ok", "a\u200bb", r"contains a format character \(U\+200B\)"),  # zero width
+        ("Ok", "a\u202eb", r"contains a format character \(U\+202E\)"),  # right-to-left
+        ("Ok", "a\ud800", r"contains a surrogate \(U\+D800\)"),  # no UTF-8 for it
+        ("Ok", "{a}", "step name '{a}' contains '{': braces mark a key's hash tag"),
+        ("Ok", "a}", "contains '}'"),
+        ("{eu}", "a", "workflow name '{eu}' contains '{'"),
+        ("W" * 201, "a", "is 201 bytes long, over the limit of 200"),
+        ("Ok", "é" * 101, "is 202 bytes long, over the limit of 200"),
     ],
 )
 def test_names_that_the_redis_layout_cannot_hold_are_refused(
@@ -213,6 +225,15 @@ def test_names_that_the_redis_layout_cannot_hold_are_refused(
             def a(self, ctx: Context) -> None: ...
 
     assert app.workflows == {}
+
+
+def test_a_name_at_the_length_limit_is_fine(app: Rstick) -> None:
+    @app.workflow(name="W" * 200)
+    class Long:
+        @app.step(name="é" * 100)
+        def a(self, ctx: Context) -> None: ...
+
+    assert list(app.workflows["W" * 200].steps) == ["é" * 100]
 
 
 def test_task_and_queue_names_are_checked_too(app: Rstick) -> None:
@@ -229,8 +250,27 @@ def test_task_and_queue_names_are_checked_too(app: Rstick) -> None:
     assert app.workflows == {}
 
 
+def test_event_names_are_checked_at_definition(app: Rstick) -> None:
+    for bad, message in [
+        ("user create", "event name 'user create' contains whitespace"),
+        ("", "event name '' must be a non-empty string"),
+        ("ev\x00", r"event name 'ev\\x00' contains a control character"),
+        (None, "event name None must be a non-empty string"),
+    ]:
+        with pytest.raises(DefinitionError, match=message):
+            app.workflow(on_events=["ok", bad])  # type: ignore[list-item]
+        with pytest.raises(DefinitionError, match=message):
+            app.task(on_events=[bad])  # type: ignore[list-item]
+    # A string is not a list of events: "user:create" would mean 11 one-letter events.
+    with pytest.raises(DefinitionError, match="on_events must be a list of event names"):
+        app.workflow(on_events="user:create")
+    with pytest.raises(DefinitionError, match="on_events must be a list of event names"):
+        app.task(on_events="user:create")
+    assert app.workflows == {}
+
+
 def test_names_with_other_punctuation_are_fine(app: Rstick) -> None:
-    @app.workflow(name="billing:v2.{eu}", queue="q:1")
+    @app.workflow(name="billing:v2.eu", queue="q:1")
     class Flow:
         @app.step(name="fetch.data")
         def a(self, ctx: Context) -> None: ...
@@ -238,7 +278,7 @@ def test_names_with_other_punctuation_are_fine(app: Rstick) -> None:
         @app.step(parents=["fetch.data"], name="née-ß")
         def b(self, ctx: Context) -> None: ...
 
-    assert list(app.workflows["billing:v2.{eu}"].steps) == ["fetch.data", "née-ß"]
+    assert list(app.workflows["billing:v2.eu"].steps) == ["fetch.data", "née-ß"]
 
 
 def test_task_decorator_bare_and_with_options(app: Rstick) -> None:

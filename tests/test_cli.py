@@ -227,6 +227,18 @@ def test_emit_without_listeners_reports_zero_runs(world: World) -> None:
     assert world.app.client.list_runs() == []
 
 
+def test_emit_of_an_event_name_the_layout_cannot_hold_is_one_line_and_exit_2(
+    world: World,
+) -> None:
+    before = world.keys()
+    result = world.invoke("emit", "user\x01create")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "rstick: event name 'user\\x01create' contains a control character (U+0001)\n"
+    )
+    assert world.keys() == before
+
+
 # -- runs --------------------------------------------------------------------
 
 
@@ -415,6 +427,29 @@ def test_hide_password(url: str, shown: str) -> None:
 def test_worker_refuses_a_bad_app(spec: str, code: int, message: str) -> None:
     result = CliRunner().invoke(cli, ["worker", spec])
     assert result.exit_code == code
+    assert result.stderr.startswith(f"rstick: {message}")
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--worker-id", "w 1"], "worker id 'w 1' contains whitespace"),
+        (["--worker-id", "{w1}"], "worker id '{w1}' contains '{'"),
+        (["-q", "default", "-q", "a|b"], "queue name 'a|b' contains '|'"),
+    ],
+)
+def test_worker_refuses_an_id_or_queue_the_layout_cannot_hold(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "cli_app_names.py").write_text(
+        "from rstick import Rstick\napp = Rstick(redis_url='redis://127.0.0.1:1/0')\n"
+        "@app.task\ndef job(ctx):\n    return 1\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "cli_app_names", raising=False)
+    result = CliRunner().invoke(cli, ["worker", "cli_app_names:app", *args])
+    assert result.exit_code == 2
     assert result.stderr.startswith(f"rstick: {message}")
     assert result.stderr.count("\n") == 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from drive import run, sibling
 
 from rstick import AsyncRunRef, Context, Rstick, RunRef, StickyStrategy, Worker
@@ -122,3 +123,25 @@ def test_aemit_starts_the_runs_and_returns_async_refs(app: Rstick) -> None:
 
     results = run(scenario())
     assert sorted(map(str, results)) == ["audit 3", "{'greet': {'hello': {'id': 3}}}"]
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        (None, "event name None must be a non-empty string"),
+        (b"user:create", "event name b'user:create' must be a non-empty string"),
+        ("", "event name '' must be a non-empty string"),
+        ("user create", "contains whitespace"),
+        ("user:\x00", "contains a control character"),
+    ],
+)
+def test_emit_refuses_an_event_name_instead_of_starting_nothing(
+    app: Rstick, event: Any, message: str
+) -> None:
+    define(app)
+    before = app.client.redis.keys("*")
+    with pytest.raises(ValueError, match=message):
+        app.emit(event, {"id": 1})
+    with pytest.raises(ValueError, match=message):
+        run(app.aemit(event, {"id": 1}))
+    assert app.client.redis.keys("*") == before

@@ -414,3 +414,28 @@ def test_a_corrupt_input_fails_the_step_and_is_dead_lettered(app: Rstick) -> Non
     assert info.value.error_type == "CorruptPayload"
     [letter] = app.client.dead_letters()
     assert (letter["reason"], letter["r"], letter["s"]) == ("corrupt payload", ref.run_id, "job")
+
+
+# -- names ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("worker_id", "message"),
+    [
+        ("", "worker id '' must be a non-empty string"),
+        ("w 1", "worker id 'w 1' contains whitespace"),
+        ("w\x00", "contains a control character"),
+        ("{w}", "contains '{'"),
+        ("w" * 201, "over the limit of 200"),
+    ],
+)
+def test_a_worker_id_the_layout_cannot_hold_is_refused(
+    app: Rstick, worker_id: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Worker(app, worker_id=worker_id)
+
+
+def test_a_queue_name_the_layout_cannot_hold_is_refused(app: Rstick) -> None:
+    with pytest.raises(ValueError, match="queue name 'a b' contains whitespace"):
+        Worker(app, worker_id="w1", queues=["default", "a b"])
