@@ -15,6 +15,7 @@ from rstick import (
     SerializationError,
     UnknownWorkflow,
 )
+from rstick.limits import MAX_SECONDS, optional_seconds, seconds
 
 from .errors import BadInput, Fail
 from .render import dumps
@@ -35,10 +36,10 @@ def parse_json(text: str | None, option: str) -> Any:
 @click.option("--input", "input_json", metavar="JSON", help="The run's input, as JSON.")
 @click.option(
     "--delay",
-    type=click.FloatRange(min=0),
+    type=float,
     default=0.0,
     metavar="S",
-    help="Start the run after this many seconds.",
+    help=f"Start the run after this many seconds (at most {MAX_SECONDS}, a year).",
 )
 @click.option(
     "--run-id",
@@ -48,7 +49,7 @@ def parse_json(text: str | None, option: str) -> Any:
 @click.option("--wait", is_flag=True, help="Wait for the run to finish and print its outputs.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
     metavar="S",
     help="With --wait, give up after this many seconds.",
 )
@@ -73,6 +74,11 @@ def enqueue(
     """
     if timeout is not None and not wait:
         raise BadInput("--timeout only applies with --wait")
+    try:  # the library's own bounds, one line each
+        seconds("--delay", delay)
+        optional_seconds("--timeout", timeout, bounded=False)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
     data = parse_json(input_json, "--input")
     app = current_app()
     try:

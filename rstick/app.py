@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .errors import DefinitionError
 from .keys import Keys
+from .limits import count, optional_seconds, seconds
 from .names import check_name
 from .records import StickyStrategy
 
@@ -42,7 +43,9 @@ class StepDef:
 
     def retry_delay(self, attempt: int) -> float:
         """Backoff before attempt ``attempt + 1``, capped at five minutes."""
-        return float(min(self.backoff * 2 ** (attempt - 1), 300.0))
+        # 2**64 seconds is past the cap for any backoff the definition accepts, and a
+        # float can hold it (2**1024 cannot, and retries may be that many).
+        return float(min(self.backoff * 2 ** min(attempt - 1, 64), 300.0))
 
 
 @dataclass(frozen=True)
@@ -106,9 +109,19 @@ def _check_events(on_events: Iterable[str]) -> tuple[str, ...]:
     return tuple(check_name("event", event) for event in on_events)
 
 
-def _check_retries(retries: int) -> None:
-    if retries < 0:
-        raise DefinitionError("retries must be >= 0")
+def _check_numbers(
+    retries: int, timeout: float | None, backoff: float, schedule_timeout: float | None
+) -> tuple[int, float | None, float, float | None]:
+    """A step's numbers, refused at definition when a worker could not use them."""
+    return (
+        count("retries", retries, error=DefinitionError),
+        optional_seconds("timeout", timeout, error=DefinitionError),
+        seconds("backoff", backoff, error=DefinitionError),
+        # 0: a HARD run fails as soon as its worker is found dead.
+        optional_seconds(
+            "schedule_timeout", schedule_timeout, positive=False, error=DefinitionError
+        ),
+    )
 
 
 def _remote_step(*_: Any) -> Any:  # pragma: no cover - never called
@@ -179,6 +192,13 @@ class Rstick:
     def __post_init__(self) -> None:
         self.redis_url = self.redis_url or os.environ.get("RSTICK_REDIS_URL") or DEFAULT_URL
         self.namespace = self.namespace or os.environ.get("RSTICK_NAMESPACE") or "rstick"
+        self.heartbeat = seconds("heartbeat", self.heartbeat, positive=True)
+        self.worker_ttl = seconds("worker_ttl", self.worker_ttl, positive=True)
+        # Runs expire with EXPIRE, in whole seconds: 0 would delete them at once.
+        self.retention = seconds("retention", self.retention, bounded=False)
+        if self.retention < 1:
+            raise ValueError(f"retention must be at least 1 second, not {self.retention!r}")
+        self.max_deliveries = count("max_deliveries", self.max_deliveries, minimum=1)
         if self.worker_ttl <= self.heartbeat:
             raise ValueError("worker_ttl must be longer than heartbeat")
         self._client: Client | None = None
@@ -230,7 +250,7 @@ class Rstick:
             return decorate(parents)
         if isinstance(parents, str):
             raise DefinitionError("parents must be a list of step names, not a string")
-        _check_retries(retries)
+        numbers = _check_numbers(retries, timeout, backoff, schedule_timeout)
         parent_names = tuple(parents)
 
         def mark(fn: F) -> F:
@@ -238,10 +258,7 @@ class Rstick:
                 check_name("step", fn.__name__ if name is None else name),
                 fn,
                 parent_names,
-                retries,
-                timeout,
-                backoff,
-                schedule_timeout,
+                *numbers,
             )
             setattr(fn, _STEP_ATTR, step)
             return fn
@@ -260,6 +277,7 @@ class Rstick:
         """Register a class whose ``@app.step`` methods form a workflow."""
         check_name("queue", queue)
         events = _check_events(on_events)
+        schedule_timeout = seconds("schedule_timeout", schedule_timeout, error=DefinitionError)
 
         def register(cls: type[T]) -> type[T]:
             wf_name = check_name("workflow", cls.__name__ if name is None else name)
@@ -319,7 +337,7 @@ class Rstick:
 
         ``@app.task`` and ``@app.task(...)`` both work.
         """
-        _check_retries(retries)
+        retries, timeout, backoff, _ = _check_numbers(retries, timeout, backoff, None)
         check_name("queue", queue)
         events = _check_events(on_events)
 

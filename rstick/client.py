@@ -27,6 +27,7 @@ from .errors import (
     StepError,
     UnknownWorkflow,
 )
+from .limits import optional_seconds, seconds
 from .names import check_name
 from .records import FINISHED, Run, RunStatus, WorkerInfo
 from .scripts import Scripts
@@ -217,6 +218,7 @@ class Client:
         pin: str = "",
         parent: tuple[str, str] = ("", ""),
     ) -> _Call:
+        delay = seconds("delay", delay)
         data = pack(input, "input")
         now = int(time.time() * 1000)
         due = now + int(delay * 1000) if delay > 0 else 0
@@ -571,6 +573,7 @@ class RunRef:
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the run; return its outputs or raise RunFailed / RunCancelled."""
+        timeout = optional_seconds("timeout", timeout, bounded=False)
         with self.while_waiting():
             return self._wait(timeout)
 
@@ -615,6 +618,7 @@ class AsyncRunRef:
 
     async def result(self, timeout: float | None = None) -> Any:
         """Wait for the run; return its outputs or raise RunFailed / RunCancelled."""
+        timeout = optional_seconds("timeout", timeout, bounded=False)
         with self.while_waiting():
             return await self._wait(timeout)
 

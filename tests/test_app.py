@@ -168,6 +168,56 @@ def test_negative_retries_of_a_task_are_refused(app: Rstick) -> None:
         app.task(retries=-1)
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"timeout": float("nan")}, "timeout must be a finite number of seconds, not nan"),
+        ({"timeout": float("inf")}, "timeout must be a finite number of seconds, not inf"),
+        ({"timeout": 0}, "timeout must be above 0 seconds, not 0"),
+        ({"timeout": "30"}, "timeout must be a number of seconds, not str '30'"),
+        ({"backoff": -1}, "backoff must be at least 0 seconds, not -1"),
+        ({"backoff": float("inf")}, "backoff must be a finite number"),
+        ({"retries": 1.5}, "retries must be an int, not float 1.5"),
+        ({"retries": True}, "retries must be an int, not bool True"),
+        ({"retries": -1}, "retries must be >= 0, not -1"),
+    ],
+)
+def test_step_and_task_numbers_out_of_bounds_are_refused(
+    app: Rstick, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(DefinitionError, match=message):
+        app.step(**options)
+    with pytest.raises(DefinitionError, match=message):
+        app.task(**options)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (float("nan"), "schedule_timeout must be a finite number of seconds, not nan"),
+        (-1, "schedule_timeout must be at least 0 seconds, not -1"),
+        (1e12, "schedule_timeout must be at most 31536000 seconds"),
+        ("300", "schedule_timeout must be a number of seconds, not str '300'"),
+    ],
+)
+def test_schedule_timeouts_out_of_bounds_are_refused(app: Rstick, value: Any, message: str) -> None:
+    with pytest.raises(DefinitionError, match=message):
+        app.step(schedule_timeout=value)
+    with pytest.raises(DefinitionError, match=message):
+        app.workflow(schedule_timeout=value)
+
+
+def test_settings_out_of_bounds_are_refused() -> None:
+    for settings, message in [
+        ({"heartbeat": float("nan")}, "heartbeat must be a finite number"),
+        ({"worker_ttl": float("inf")}, "worker_ttl must be a finite number"),
+        ({"retention": 0.5}, "retention must be at least 1 second"),
+        ({"max_deliveries": 0}, "max_deliveries must be >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Rstick(redis_url="redis://fake", **settings)
+
+
 def test_bare_step_decorator_works_like_the_call(app: Rstick) -> None:
     @app.workflow()
     class Bare:
@@ -309,6 +359,7 @@ def test_retry_delay_doubles_and_is_capped() -> None:
     step = app.workflows["job"].steps["job"]
     assert [step.retry_delay(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
     assert step.retry_delay(30) == 300.0
+    assert step.retry_delay(5000) == 300.0  # 2**4999 is no float: no OverflowError
 
 
 def test_definition_round_trips_through_json(app: Rstick) -> None:

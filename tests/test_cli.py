@@ -175,6 +175,27 @@ def test_enqueue_wait_gives_up_after_the_timeout(world: World) -> None:
     assert alone.stderr == "rstick: --timeout only applies with --wait\n"
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--delay", "inf"], "--delay must be a finite number of seconds, not inf"),
+        (["--delay", "nan"], "--delay must be a finite number of seconds, not nan"),
+        (["--delay", "-5"], "--delay must be at least 0 seconds, not -5.0"),
+        (["--delay", "1e30"], "--delay must be at most 31536000 seconds (a year), not 1e+30"),
+        (["--wait", "--timeout", "inf"], "--timeout must be a finite number of seconds, not inf"),
+        (["--wait", "--timeout", "0"], "--timeout must be above 0 seconds, not 0.0"),
+    ],
+)
+def test_delay_and_timeout_out_of_bounds_are_one_line_and_exit_2(
+    world: World, args: list[str], message: str
+) -> None:
+    before = world.keys()
+    result = world.invoke("enqueue", "Dag", *args)
+    assert result.exit_code == 2
+    assert result.stderr == f"rstick: {message}\n"
+    assert world.keys() == before
+
+
 def test_unknown_workflow_exits_non_zero_and_writes_nothing(world: World) -> None:
     before = world.keys()
     result = world.invoke("enqueue", "Nope", "--input", "{}")
