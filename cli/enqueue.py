@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from rstick import (
+    PayloadTooLarge,
     ResultTimeout,
     RunCancelled,
     RunFailed,
@@ -85,7 +86,7 @@ def enqueue(
         ref = app.enqueue(workflow, data, run_id=run_id, delay=delay)
     except UnknownWorkflow as exc:
         raise Fail(str(exc)) from None
-    except SerializationError as exc:  # e.g. an integer beyond 64 bits
+    except (SerializationError, PayloadTooLarge) as exc:  # e.g. an integer beyond 64 bits
         raise BadInput(f"--input: {exc}") from None
     if not wait:
         if as_json:
@@ -157,7 +158,7 @@ def emit(event: str, data_json: str | None, key: str | None, as_json: bool) -> N
     app = current_app()
     try:
         refs = app.emit(event, data, key=key)
-    except SerializationError as exc:
+    except (SerializationError, PayloadTooLarge) as exc:
         raise BadInput(f"--data: {exc}") from None
     except ValueError as exc:  # an event name the layout cannot hold
         raise BadInput(str(exc)) from None

@@ -5,6 +5,7 @@ from .client import AsyncRunRef, RunRef
 from .context import Context
 from .errors import (
     DefinitionError,
+    PayloadTooLarge,
     ResultTimeout,
     RstickError,
     RunCancelled,
@@ -23,6 +24,7 @@ __all__ = [
     "AsyncRunRef",
     "Context",
     "DefinitionError",
+    "PayloadTooLarge",
     "ResultTimeout",
     "Rstick",
     "RstickError",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .errors import DefinitionError
 from .keys import Keys
-from .limits import count, optional_seconds, seconds
+from .limits import DEFAULT_MAX_PAYLOAD_BYTES, count, optional_seconds, seconds
 from .names import check_name
 from .records import StickyStrategy
 
@@ -187,6 +187,7 @@ class Rstick:
     worker_ttl: float = 10.0  # a worker is dead after this long without one
     retention: float = 86400.0  # seconds a finished run stays readable
     max_deliveries: int = 5  # a step that lost its worker this often is dead-lettered
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES  # an input or output, packed
     workflows: dict[str, WorkflowDef] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -199,6 +200,7 @@ class Rstick:
         if self.retention < 1:
             raise ValueError(f"retention must be at least 1 second, not {self.retention!r}")
         self.max_deliveries = count("max_deliveries", self.max_deliveries, minimum=1)
+        self.max_payload_bytes = count("max_payload_bytes", self.max_payload_bytes, minimum=1)
         if self.worker_ttl <= self.heartbeat:
             raise ValueError("worker_ttl must be longer than heartbeat")
         self._client: Client | None = None

@@ -219,7 +219,7 @@ class Client:
         parent: tuple[str, str] = ("", ""),
     ) -> _Call:
         delay = seconds("delay", delay)
-        data = pack(input, "input")
+        data = pack(input, "input", max_bytes=self.app.max_payload_bytes)
         now = int(time.time() * 1000)
         due = now + int(delay * 1000) if delay > 0 else 0
         head = [self.keys.prefix, run_id, wf.name, wf.queue, pin, *parent, now, due]

@@ -23,6 +23,10 @@ class SerializationError(RstickError, TypeError):
     """A value is not a msgpack value; the message names the offending path."""
 
 
+class PayloadTooLarge(RstickError, ValueError):
+    """An input or output packs to more than ``Rstick(max_payload_bytes=...)``."""
+
+
 class StickyChildError(RstickError):
     """A sticky child workflow cannot be spawned here."""
 

@@ -547,7 +547,8 @@ class Worker:
         """Run the step: ("ok", output, 0), ("retry", error, due_ms) or ("fail", error, 0)."""
         step = job.step
         try:
-            return "ok", pack(await self._call(job, ctx), "output"), 0
+            output = await self._call(job, ctx)
+            return "ok", pack(output, "output", max_bytes=self.app.max_payload_bytes), 0
         except (Exception, asyncio.CancelledError) as exc:
             task = asyncio.current_task()
             if isinstance(exc, asyncio.CancelledError) and task and task.cancelling():

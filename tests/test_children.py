@@ -14,6 +14,7 @@ from drive import run, sibling
 from rstick import (
     AsyncRunRef,
     Context,
+    PayloadTooLarge,
     Rstick,
     RunFailed,
     RunRef,
@@ -197,6 +198,19 @@ def test_sticky_child_this_worker_has_not_registered_is_refused_and_nothing_writ
         ctx.spawn_workflow("Remote", {}, sticky=True)
     with pytest.raises(StickyChildError, match="has not registered"):
         run(ctx.aspawn_workflow("Remote", {}, sticky=True))
+    assert snapshot(app) == before
+
+
+def test_a_child_input_over_the_size_limit_is_refused_and_nothing_written(app: Rstick) -> None:
+    app.max_payload_bytes = 100
+    define(app)
+    ctx = context_on(Worker(app, worker_id="w1"))
+    before = snapshot(app)
+    for sticky in (True, False):
+        with pytest.raises(PayloadTooLarge, match=r"^input is 205 bytes packed, over the limit"):
+            ctx.spawn_workflow("Child", {"n": "n" * 200}, sticky=sticky)
+        with pytest.raises(PayloadTooLarge, match="over the limit of 100"):
+            run(ctx.aspawn_workflow("Child", {"n": "n" * 200}, sticky=sticky))
     assert snapshot(app) == before
 
 

@@ -196,6 +196,23 @@ def test_delay_and_timeout_out_of_bounds_are_one_line_and_exit_2(
     assert world.keys() == before
 
 
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [(["enqueue", "Dag", "--input"], "--input"), (["emit", "user:create", "--data"], "--data")],
+)
+def test_an_input_over_the_size_limit_is_one_line_and_exit_2(
+    world: World, command: list[str], option: str
+) -> None:
+    before = world.keys()
+    result = world.invoke(*command, json.dumps("x" * (4 * 1024 * 1024)))
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"rstick: {option}: input is 4,194,309 bytes packed, over the limit of 4,194,304 "
+        "(Rstick(max_payload_bytes=...))\n"
+    )
+    assert world.keys() == before
+
+
 def test_unknown_workflow_exits_non_zero_and_writes_nothing(world: World) -> None:
     before = world.keys()
     result = world.invoke("enqueue", "Nope", "--input", "{}")

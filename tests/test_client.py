@@ -11,6 +11,7 @@ from drive import drain, run, run_until_idle, started
 
 from rstick import (
     Context,
+    PayloadTooLarge,
     ResultTimeout,
     Rstick,
     RunFailed,
@@ -100,6 +101,35 @@ def test_non_serializable_input_is_refused_with_its_path_and_writes_nothing(
         app.enqueue_many("add", [{"x": 1, "y": 2}, {"x": object(), "y": 2}])
     with pytest.raises(SerializationError, match="input: set is not serializable"):
         run(app.aenqueue("add", {1, 2}))
+    assert state() == before
+
+
+def test_an_input_over_the_size_limit_is_refused_and_writes_nothing(
+    app: Rstick, state: Any
+) -> None:
+    assert app.max_payload_bytes == 4 * 1024 * 1024  # the default
+    app.max_payload_bytes = 1000
+    define(app)
+
+    @app.task(on_events=["big"])
+    def listener(ctx: Context, blob: bytes) -> int:
+        return len(blob)
+
+    app.enqueue("add", {"x": 1, "y": 2})
+    app.enqueue("listener", {"blob": b"x" * 900})  # under the limit: taken
+    before = state()
+    big = {"x": 1, "y": "y" * 1000}
+    message = r"^input is 1,009 bytes packed, over the limit of 1,000 \(Rstick\(max_payload_bytes"
+    with pytest.raises(PayloadTooLarge, match=message):
+        app.enqueue("add", big)
+    with pytest.raises(PayloadTooLarge, match=message):
+        app.enqueue_many("add", [{"x": 1, "y": 2}, big])
+    with pytest.raises(PayloadTooLarge, match=message):
+        run(app.aenqueue("add", big))
+    with pytest.raises(PayloadTooLarge, match="over the limit of 1,000"):
+        app.emit("big", {"blob": b"x" * 1000})
+    with pytest.raises(PayloadTooLarge, match="over the limit of 1,000"):
+        run(app.aemit("big", {"blob": b"x" * 1000}))
     assert state() == before
 
 

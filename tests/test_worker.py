@@ -170,6 +170,32 @@ def test_a_non_serializable_output_fails_the_step_naming_the_path(app: Rstick) -
     assert app.client.redis.hgetall(app.keys.out(ref.run_id)) == {}
 
 
+def test_an_output_over_the_size_limit_fails_the_step_and_writes_no_output(app: Rstick) -> None:
+    app.max_payload_bytes = 1000
+
+    @app.workflow()
+    class Big:
+        @app.step()
+        def a(self, ctx: Context) -> str:
+            return "x" * ctx.input
+
+        @app.step(parents=["a"])
+        def b(self, ctx: Context) -> None: ...
+
+    small, big = app.enqueue("Big", 900), app.enqueue("Big", 2000)
+
+    run_until_idle(app, "w1")
+    assert small.result(timeout=1) == {"a": "x" * 900, "b": None}
+    with pytest.raises(RunFailed) as info:
+        big.result(timeout=1)
+    assert (info.value.step, info.value.error_type) == ("a", "PayloadTooLarge")
+    assert info.value.error_message == (
+        "output is 2,003 bytes packed, over the limit of 1,000 (Rstick(max_payload_bytes=...))"
+    )
+    assert big.get().step("b").status is StepStatus.WAITING
+    assert app.client.redis.hgetall(app.keys.out(big.run_id)) == {}
+
+
 def test_a_step_raising_cancelled_error_fails_instead_of_hanging(app: Rstick) -> None:
     @app.task
     async def cancels(ctx: Context) -> None:
