@@ -15,6 +15,7 @@ from .errors import (
     SerializationError,
     StepTimeout,
     StickyChildError,
+    TaskInputError,
     UnknownWorkflow,
 )
 from .records import Run, RunStatus, StepState, StepStatus, StickyStrategy, WorkerInfo
@@ -42,6 +43,7 @@ __all__ = [
     "StepTimeout",
     "StickyChildError",
     "StickyStrategy",
+    "TaskInputError",
     "UnknownWorkflow",
     "Worker",
     "WorkerInfo",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -9,7 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from .errors import DefinitionError
+from .errors import DefinitionError, TaskInputError
 from .keys import Keys
 from .limits import DEFAULT_MAX_PAYLOAD_BYTES, count, optional_seconds, seconds
 from .names import check_name
@@ -40,6 +41,37 @@ class StepDef:
     @property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.fn)
+
+    @functools.cached_property
+    def signature(self) -> inspect.Signature | None:
+        """The function's signature; None when this process does not have the code."""
+        if self.fn is _remote_step:
+            return None
+        try:
+            return inspect.signature(self.fn)
+        except (TypeError, ValueError):  # a callable without one (some builtins)
+            return None
+
+    def task_arguments(self, ctx: Any, input: Any) -> dict[str, Any]:
+        """The keyword arguments of this task's function for ``input``, refused
+        with TaskInputError unless ``fn(ctx, **input)`` binds: a task's input is
+        a dict of keyword arguments (str keys), or None for none."""
+        if input is None:
+            kwargs: dict[str, Any] = {}
+        elif isinstance(input, dict) and all(isinstance(k, str) for k in input):
+            kwargs = input
+        else:
+            what = "a dict with non-str keys" if isinstance(input, dict) else type(input).__name__
+            raise TaskInputError(
+                f"task {self.name!r} takes a dict of keyword arguments (or None) as input, "
+                f"not {what}"
+            )
+        if self.signature is not None:
+            try:
+                self.signature.bind(ctx, **kwargs)
+            except TypeError as exc:
+                raise TaskInputError(f"task {self.name!r} cannot take this input: {exc}") from None
+        return kwargs
 
     def retry_delay(self, attempt: int) -> float:
         """Backoff before attempt ``attempt + 1``, capped at five minutes."""

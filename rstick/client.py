@@ -219,6 +219,8 @@ class Client:
         parent: tuple[str, str] = ("", ""),
     ) -> _Call:
         delay = seconds("delay", delay)
+        if wf.is_task:  # refused here, not retried on a worker
+            wf.steps[wf.name].task_arguments(None, input)
         data = pack(input, "input", max_bytes=self.app.max_payload_bytes)
         now = int(time.time() * 1000)
         due = now + int(delay * 1000) if delay > 0 else 0

@@ -34,7 +34,7 @@ from .app import Rstick, StepDef, WorkflowDef
 from .blocking import BlockingConnection
 from .codec import pack, unpack
 from .context import Context
-from .errors import StepTimeout
+from .errors import StepTimeout, TaskInputError
 from .keys import GROUP
 from .names import check_name
 from .reaper import Reaper, ReapReport
@@ -557,7 +557,7 @@ class Worker:
             # fails the attempt.
             kind = type(exc).__name__
             error = pack({"type": kind, "message": str(exc), "tb": traceback.format_exc()})
-            if job.attempt <= step.retries:
+            if job.attempt <= step.retries and not isinstance(exc, TaskInputError):
                 log.info(
                     "%s/%s attempt %d failed (%s: %s): retrying",
                     job.run_id,
@@ -572,12 +572,9 @@ class Worker:
 
     async def _call(self, job: Job, ctx: Context) -> Any:
         step, wf = job.step, job.workflow
-        if wf.is_task:
-            data = ctx.input
-            args: tuple[Any, ...] = (ctx,) if data is None else (ctx, data)
-            kwargs: dict[str, Any] = {}
-            if isinstance(data, dict):
-                args, kwargs = (ctx,), {str(k): v for k, v in data.items()}
+        if wf.is_task:  # bound before the call: a TypeError of the task's own is its own
+            args: tuple[Any, ...] = (ctx,)
+            kwargs: dict[str, Any] = step.task_arguments(ctx, ctx.input)
         else:
             args, kwargs = (self.instances[wf.name], ctx), {}
         if step.is_async:

@@ -100,7 +100,7 @@ def test_non_serializable_input_is_refused_with_its_path_and_writes_nothing(
     with pytest.raises(SerializationError, match=r"input\['x'\]: object is not serializable"):
         app.enqueue_many("add", [{"x": 1, "y": 2}, {"x": object(), "y": 2}])
     with pytest.raises(SerializationError, match="input: set is not serializable"):
-        run(app.aenqueue("add", {1, 2}))
+        run(app.aenqueue("Flow", {1, 2}))
     assert state() == before
 
 

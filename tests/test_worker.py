@@ -11,7 +11,16 @@ from typing import Any
 import pytest
 from drive import drain, run, run_until_idle, started
 
-from rstick import Context, Rstick, RunFailed, RunStatus, StepStatus, StickyStrategy, Worker
+from rstick import (
+    Context,
+    Rstick,
+    RunFailed,
+    RunStatus,
+    StepStatus,
+    StickyStrategy,
+    TaskInputError,
+    Worker,
+)
 from rstick.keys import GROUP
 
 LATER = 10**7  # ms: far enough ahead that every backoff here is due
@@ -252,17 +261,96 @@ def test_a_tasks_input_dict_is_spread_as_keyword_arguments(app: Rstick) -> None:
     refs = [
         app.enqueue("add", {"x": 1, "y": 2}),
         app.enqueue("add", {"x": 1}),
-        app.enqueue("echo", [1, 2]),
-        app.enqueue("echo", "text"),
+        app.enqueue("echo", {"data": [1, 2]}),
         app.enqueue("echo"),
     ]
 
     async def scenario() -> None:
         async with started(app, "w1", concurrency=10) as [w1]:
-            assert await drain(w1) == 5
+            assert await drain(w1) == 4
 
     run(scenario())
-    assert [r.result(timeout=1) for r in refs] == [3, 11, [1, 2], "text", "nothing"]
+    assert [r.result(timeout=1) for r in refs] == [3, 11, [1, 2], "nothing"]
+
+
+def define_strict(app: Rstick, calls: list[str]) -> None:
+    @app.task(retries=3)
+    def add(ctx: Context, x: int, y: int = 10) -> int:
+        calls.append("add")
+        return x + y
+
+    @app.task(retries=3)
+    def own_type_error(ctx: Context) -> None:
+        calls.append("own_type_error")
+        len(5)  # type: ignore[arg-type]  # the task's own TypeError: retried
+
+
+@pytest.mark.parametrize(
+    ("input", "message"),
+    [
+        (
+            {"x": 1, "z": 2},
+            "task 'add' cannot take this input: got an unexpected keyword argument 'z'",
+        ),
+        ({"y": 2}, "task 'add' cannot take this input: missing a required argument: 'x'"),
+        (
+            {"x": 1, "ctx": 2},
+            "task 'add' cannot take this input: multiple values for argument 'ctx'",
+        ),
+        ([1, 2], r"task 'add' takes a dict of keyword arguments \(or None\) as input, not list"),
+        ("text", "as input, not str"),
+        (5, "as input, not int"),
+        ({1: "x"}, "as input, not a dict with non-str keys"),
+    ],
+)
+def test_a_task_input_its_function_cannot_take_is_refused_at_enqueue(
+    app: Rstick, state: Any, input: Any, message: str
+) -> None:
+    define_strict(app, [])
+    app.enqueue("add", {"x": 1})
+    before = state()
+    with pytest.raises(TaskInputError, match=message):
+        app.enqueue("add", input)
+    with pytest.raises(TaskInputError, match=message):
+        run(app.aenqueue("add", input))
+    with pytest.raises(TaskInputError, match=message):
+        app.enqueue_many("add", [{"x": 1}, input])
+    assert state() == before
+    assert isinstance(TaskInputError("x"), TypeError)
+
+
+def test_a_task_input_that_does_not_bind_fails_at_once_on_the_worker(
+    app: Rstick, other_app: Rstick
+) -> None:
+    """A client without the code cannot check the signature: the worker binds
+    before calling, and fails the step at once, without its retries."""
+    calls: list[str] = []
+    define_strict(app, calls)
+    run_until_idle(app, "w1")  # registers the definitions
+    unknown_kwarg = other_app.enqueue("add", {"x": 1, "z": 2})
+    with pytest.raises(TaskInputError, match="not list"):  # checked without the code, too
+        other_app.enqueue("add", [1, 2])
+    own = app.enqueue("own_type_error")
+
+    async def scenario() -> None:
+        async with started(app, "w1") as [w1]:
+            await drain(w1)
+            assert await skip_ahead(w1) == 1  # only own_type_error's retry
+            await drain(w1)
+
+    run(scenario())
+    with pytest.raises(RunFailed) as info:
+        unknown_kwarg.result(timeout=1)
+    assert info.value.error_type == "TaskInputError"
+    assert info.value.error_message == (
+        "task 'add' cannot take this input: got an unexpected keyword argument 'z'"
+    )
+    step = unknown_kwarg.get().steps[0]
+    assert (step.status, step.attempts) == (StepStatus.FAILED, 1)
+    assert calls.count("add") == 0  # never called
+    # The task's own TypeError takes its retries: ran twice, a third attempt due.
+    assert calls.count("own_type_error") == 2
+    assert own.get().steps[0].status is StepStatus.RETRYING
 
 
 def test_the_context_describes_the_step(app: Rstick) -> None:
@@ -431,7 +519,7 @@ def test_a_corrupt_input_fails_the_step_and_is_dead_lettered(app: Rstick) -> Non
     def job(ctx: Context) -> None:
         raise AssertionError("never called")
 
-    ref = app.enqueue("job", {"x": 1})
+    ref = app.enqueue("job")
     app.client.redis.hset(app.keys.run(ref.run_id), "input", b"\xc1")  # not msgpack
 
     run_until_idle(app, "w1")
