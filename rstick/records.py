@@ -148,7 +148,7 @@ class Run:
             parked_until=_ms(raw, "parked"),
             is_task=_s(raw, "kind") == "task",
             reassigned=_s(raw, "reassigned") == "1",
-            children=sorted(k.decode()[2:] for k in raw if k.startswith(b"c.")),
+            children=sorted(k.decode()[2:] for k in raw if k.startswith(b"c|")),
         )
 
     def step(self, name: str) -> StepState:

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import pytest
-from drive import run, sibling
+from drive import run, run_until_idle, sibling
 
 from rstick import (
     AsyncRunRef,
@@ -156,6 +156,22 @@ def test_child_without_sticky_is_an_ordinary_run_that_records_its_parent(app: Rs
         return child_id
 
     run(scenario())
+
+
+def test_a_step_named_c_is_not_taken_for_a_child(app: Rstick) -> None:
+    define(app)
+
+    @app.workflow()
+    class Abc:
+        @app.step()
+        def c(self, ctx: Context) -> str:
+            return ctx.spawn_workflow("Plain").run_id
+
+    parent = app.enqueue("Abc")
+    run_until_idle(app, "w1")
+    child_id = parent.result(timeout=1)["c"]
+    # The step's own fields (c.st, c.a, c.w, c.t0, ...) are not children.
+    assert parent.get().children == [child_id]
 
 
 # -- refusals ------------------------------------------------------------------

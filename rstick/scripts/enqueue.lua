@@ -35,7 +35,8 @@ for j = 11, 10 + ndispatch do
 end
 redis.call('ZADD', p .. ':runs', now, run_id)
 if parent_run ~= '' then
-  redis.call('HSET', p .. ':run:' .. parent_run, 'c.' .. run_id, parent_step)
+  -- 'c|': a step's own fields are '<step>.<what>', and a step may be named c.
+  redis.call('HSET', p .. ':run:' .. parent_run, 'c|' .. run_id, parent_step)
   if pin ~= '' then
     redis.call('XADD', p .. ':hist:' .. run_id, '*', 'ev', 'created', 'wf', wf, 'w', pin,
       'parent', parent_run .. '/' .. parent_step)
