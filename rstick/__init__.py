@@ -18,11 +18,12 @@ from .errors import (
     TaskInputError,
     UnknownWorkflow,
 )
-from .records import Run, RunStatus, StepState, StepStatus, StickyStrategy, WorkerInfo
+from .records import Cancellation, Run, RunStatus, StepState, StepStatus, StickyStrategy, WorkerInfo
 from .worker import Worker
 
 __all__ = [
     "AsyncRunRef",
+    "Cancellation",
     "Context",
     "DefinitionError",
     "PayloadTooLarge",

@@ -18,7 +18,7 @@ from .records import StickyStrategy
 
 if TYPE_CHECKING:
     from .client import AsyncRunRef, Client, RunRef
-    from .records import Run, WorkerInfo
+    from .records import Cancellation, Run, WorkerInfo
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -444,9 +444,12 @@ class Rstick:
     def get_run(self, run_id: str) -> Run:
         return self.client.get_run(run_id)
 
-    def cancel(self, run_id: str) -> str:
-        """Cancel a run that has not finished; returns its status afterwards."""
-        return self.client.cancel(run_id)
+    def cancel(self, run_id: str, *, children: bool = True) -> Cancellation:
+        """Cancel a run that has not finished and, unless ``children=False``, every
+        unfinished descendant (children, grandchildren...); returns the run's status
+        afterwards and the ids of the runs cancelled. Queued steps are dropped,
+        running ones run on and their results are ignored. Raises RunNotFound."""
+        return self.client.cancel(run_id, children=children)
 
     def list_workers(self) -> list[WorkerInfo]:
         return self.client.list_workers()

@@ -29,7 +29,7 @@ from .errors import (
 )
 from .limits import optional_seconds, seconds
 from .names import check_name
-from .records import FINISHED, Run, RunStatus, WorkerInfo
+from .records import FINISHED, Cancellation, Run, RunStatus, WorkerInfo
 from .scripts import Scripts
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ class _Held:
 
 
 WAIT_POLL = 1.0  # seconds between status checks while waiting, should a notice be missed
+CANCEL_BATCH = 500  # cancel.lua calls per round trip, cancelling a tree of runs
 
 
 def new_run_id() -> str:
@@ -260,10 +261,13 @@ class Client:
         fields = self._fields[(wf.name, pinned)] = _Fields(wf, args, _bulks(args))
         return fields
 
-    def _checked(self, wf: WorkflowDef, result: bytes | str) -> None:
-        if (result.decode() if isinstance(result, bytes) else result) == "unknown":
+    def _checked(self, wf: WorkflowDef, result: bytes | str, parent_run: str = "") -> None:
+        text = result.decode() if isinstance(result, bytes) else result
+        if text == "unknown":
             self._defs.pop(wf.name, None)
             raise UnknownWorkflow(wf.name)
+        if text == "parent cancelled":  # a step of a cancelled run spawning a child
+            raise RunCancelled(parent_run)
 
     def enqueue(
         self,
@@ -279,7 +283,7 @@ class Client:
         run_id = run_id or new_run_id()
         call = self._enqueue_call(wf, run_id, input, delay=delay, pin=pin, parent=parent)
         [result] = self._send_enqueues(wf, [call])
-        self._checked(wf, result)
+        self._checked(wf, result, parent[0])
         return RunRef(self, run_id)
 
     def enqueue_many(self, workflow: str, inputs: Iterable[Any]) -> list[RunRef]:
@@ -373,7 +377,7 @@ class Client:
             self._register_local(pipe, wf)
             await pipe.execute()
         # One EVALSHA, one round trip (the Script loads itself on NOSCRIPT).
-        self._checked(wf, await self.ascripts.enqueue(keys=keys, args=args))
+        self._checked(wf, await self.ascripts.enqueue(keys=keys, args=args), parent[0])
         return AsyncRunRef(self, run_id)
 
     # -- events ------------------------------------------------------------
@@ -469,15 +473,56 @@ class Client:
             )
         return workers
 
-    def cancel(self, run_id: str, reason: str = "cancelled by user") -> str:
-        """Cancel a run that has not finished; returns its status afterwards."""
-        status: bytes = self.scripts.cancel(
-            keys=[self.keys.workflows],
-            args=[self.keys.prefix, run_id, int(time.time() * 1000), reason],
-        )
+    def cancel(
+        self, run_id: str, reason: str = "cancelled by user", *, children: bool = True
+    ) -> Cancellation:
+        """Cancel a run that has not finished and, with ``children``, every unfinished
+        descendant: its children, theirs, and so on, through finished runs too (a
+        finished run's child may still run).
+
+        Each run is cancelled atomically by one script call, which also names its
+        children; the tree is walked a level at a time, up to CANCEL_BATCH calls per
+        round trip, each run once. A child spawned after its parent was cancelled is
+        refused (enqueue.lua), so none escapes the walk."""
+        [(status, now, found)] = self._cancel_runs([(run_id, reason)])
         if not status:
             raise RunNotFound(run_id)
-        return status.decode()
+        cancelled = [run_id] if now else []
+        seen = {run_id}
+        level = [(child, run_id) for child in found] if children else []
+        while level:
+            batch = []
+            for child, parent in level:
+                if child not in seen:
+                    seen.add(child)
+                    batch.append((child, f"parent run {parent} was cancelled"))
+            level = []
+            for start in range(0, len(batch), CANCEL_BATCH):
+                chunk = batch[start : start + CANCEL_BATCH]
+                for (child, _), (_, now, grandchildren) in zip(
+                    chunk, self._cancel_runs(chunk), strict=True
+                ):
+                    if now:
+                        cancelled.append(child)
+                    level += [(g, child) for g in grandchildren]
+        return Cancellation(run_id, RunStatus(status), tuple(cancelled))
+
+    def _cancel_runs(self, runs: list[tuple[str, str]]) -> list[tuple[str, bool, list[str]]]:
+        """cancel.lua for each (run, reason), in one round trip: for each, its status
+        ("" when there is no such run), whether this call cancelled it, its children."""
+        now = int(time.time() * 1000)
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id, reason in runs:
+            self.scripts.cancel(
+                keys=[self.keys.workflows],
+                args=[self.keys.prefix, run_id, now, reason],
+                client=pipe,
+            )
+        out = []
+        for reply in pipe.execute():
+            status, now, *found = (x.decode() for x in reply)
+            out.append((status, now == "1", found))
+        return out
 
     # -- dead letters -------------------------------------------------------
 

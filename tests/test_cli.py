@@ -304,6 +304,58 @@ def test_runs_show_text(world: World) -> None:
     assert re.search(r"^explode\s+failed\s+w1\s+1\s.*ValueError: boom$", bad, re.M)
 
 
+def test_runs_cancel_cancels_the_run_and_its_unfinished_descendants(world: World) -> None:
+    run_id = run_id_of(world.invoke("enqueue", "Dag"))
+    child = world.app.client.enqueue("Boom", parent=(run_id, "a")).run_id
+    grandchild = world.app.client.enqueue("Boom", parent=(child, "explode")).run_id
+    result = world.invoke("runs", "cancel", run_id)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        f"cancelled {run_id}\ncancelled {child} (descendant)\ncancelled {grandchild} (descendant)\n"
+    )
+    shown = world.invoke("runs", "show", run_id).stdout
+    assert re.search(r"^status\s+cancelled$", shown, re.M)
+    assert re.search(r"^a\s+cancelled\s+-\s+1\s", shown, re.M)
+    assert re.search(r"^b\s+cancelled\s+-\s+0\s", shown, re.M)
+    # Again: it already ended, exit 1, and --json says so too.
+    again = world.invoke("runs", "cancel", run_id, "--json")
+    assert again.exit_code == 1
+    assert json.loads(again.stdout) == {"run_id": run_id, "status": "cancelled", "cancelled": []}
+    assert again.stderr == f"rstick: run {run_id} already ended: cancelled\n"
+
+
+def test_runs_cancel_json_and_keep_children(world: World) -> None:
+    run_id = run_id_of(world.invoke("enqueue", "Dag"))
+    child = world.app.client.enqueue("Boom", parent=(run_id, "a")).run_id
+    result = world.invoke("runs", "cancel", run_id, "--keep-children", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "run_id": run_id,
+        "status": "cancelled",
+        "cancelled": [run_id],
+    }
+    assert world.app.get_run(child).status.value == "queued"
+    # The run has ended; its child has not: it is cancelled, and the exit code
+    # still says the run itself had already ended.
+    later = world.invoke("runs", "cancel", run_id, "--json")
+    assert later.exit_code == 1
+    assert json.loads(later.stdout)["cancelled"] == [child]
+    assert later.stderr == (
+        f"rstick: run {run_id} already ended: cancelled (cancelled 1 unfinished descendants)\n"
+    )
+
+
+def test_runs_cancel_of_an_unknown_run_is_exit_2(world: World) -> None:
+    result = world.invoke("runs", "cancel", "nope")
+    assert result.exit_code == 2
+    assert result.stderr == "rstick: run 'nope' not found\n"
+    finished = run_id_of(world.invoke("enqueue", "Boom"))
+    world.serve()
+    ended = world.invoke("runs", "cancel", finished)
+    assert ended.exit_code == 1
+    assert ended.stderr == f"rstick: run {finished} already ended: failed\n"
+
+
 def test_runs_show_json(world: World) -> None:
     run_id = run_id_of(world.invoke("enqueue", "Boom"))
     world.serve()

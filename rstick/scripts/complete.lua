@@ -64,12 +64,14 @@ for _ = 1, n do
     res = 'refused: no such run'
   elseif cur_epoch ~= epoch then
     res = 'refused: stale epoch ' .. epoch .. ' (run is at ' .. cur_epoch .. ')'
-  elseif a ~= attempt or st ~= 'running' or sw ~= me then
+  elseif a ~= attempt or (st ~= 'running' and st ~= 'cancelled') or sw ~= me then
     res = 'refused: attempt ' .. attempt .. ' on ' .. me .. ' is stale (step is ' ..
       tostring(st) .. ', attempt ' .. tostring(a) .. ' on ' .. tostring(sw) .. ')'
   elseif status ~= 'running' then
     res = 'ignored: run is ' .. status
-    redis.call('HSET', rk, step .. '.st', 'abandoned', step .. '.t1', now)
+    if st == 'running' then  -- a step cancelled with its run (cancel.lua) stays so
+      redis.call('HSET', rk, step .. '.st', 'abandoned', step .. '.t1', now)
+    end
   elseif outcome == 'ok' then
     redis.call('HSET', p .. ':out:' .. run, step, payload)
     redis.call('HSET', rk, step .. '.st', 'succeeded', step .. '.t1', now)

@@ -10,11 +10,17 @@
 --          The steps dispatched now: every root of a run pinned at creation (a sticky
 --          child) to its worker's stream; the first root of an unpinned sticky run,
 --          and every root of any other run, to the shared queue.
--- Returns  "ok", "exists" (same run id enqueued before: nothing written) or
---          "unknown" (no such workflow: nothing written).
+-- Returns  "ok", "exists" (same run id enqueued before: nothing written),
+--          "unknown" (no such workflow: nothing written) or "parent cancelled" (a
+--          step of a cancelled run spawning a child: nothing written, as the
+--          cancel of that run may have listed its children already).
 local p, run_id, wf, queue, pin = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local parent_run, parent_step, now, due = ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
 if redis.call('HEXISTS', KEYS[1], wf) == 0 then return 'unknown' end
+if parent_run ~= ''
+    and redis.call('HGET', p .. ':run:' .. parent_run, 'status') == 'cancelled' then
+  return 'parent cancelled'
+end
 local rk = p .. ':run:' .. run_id
 if redis.call('EXISTS', rk) == 1 then return 'exists' end
 
