@@ -14,6 +14,7 @@ from rstick import (
     RunFailed,
     RunRef,
     SerializationError,
+    TaskInputError,
     UnknownWorkflow,
 )
 from rstick.limits import MAX_SECONDS, optional_seconds, seconds
@@ -86,7 +87,7 @@ def enqueue(
         ref = app.enqueue(workflow, data, run_id=run_id, delay=delay)
     except UnknownWorkflow as exc:
         raise Fail(str(exc)) from None
-    except (SerializationError, PayloadTooLarge) as exc:  # e.g. an integer beyond 64 bits
+    except (SerializationError, PayloadTooLarge, TaskInputError) as exc:  # e.g. an int > 64 bits
         raise BadInput(f"--input: {exc}") from None
     if not wait:
         if as_json:
@@ -158,7 +159,7 @@ def emit(event: str, data_json: str | None, key: str | None, as_json: bool) -> N
     app = current_app()
     try:
         refs = app.emit(event, data, key=key)
-    except (SerializationError, PayloadTooLarge) as exc:
+    except (SerializationError, PayloadTooLarge, TaskInputError) as exc:
         raise BadInput(f"--data: {exc}") from None
     except ValueError as exc:  # an event name the layout cannot hold
         raise BadInput(str(exc)) from None

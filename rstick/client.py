@@ -220,8 +220,7 @@ class Client:
         parent: tuple[str, str] = ("", ""),
     ) -> _Call:
         delay = seconds("delay", delay)
-        if wf.is_task:  # refused here, not retried on a worker
-            wf.steps[wf.name].task_arguments(None, input)
+        _check_task_input(wf, input)
         data = pack(input, "input", max_bytes=self.app.max_payload_bytes)
         now = int(time.time() * 1000)
         due = now + int(delay * 1000) if delay > 0 else 0
@@ -403,8 +402,11 @@ class Client:
 
     def emit(self, event: str, data: Any = None, *, key: str | None = None) -> list[RunRef]:
         check_name("event", event, ValueError)
+        runs = self._event_runs(event, key, self._listeners(event))
+        for name, _ in runs:  # a listener refusing the data refuses the emit: none starts
+            _check_task_input(self.definition(name), data)
         refs = []
-        for name, run_id in self._event_runs(event, key, self._listeners(event)):
+        for name, run_id in runs:
             refs.append(self.enqueue(name, data, run_id=run_id))
         return refs
 
@@ -414,8 +416,11 @@ class Client:
         check_name("event", event, ValueError)
         names: set[bytes] = set(await self.aredis.smembers(self.keys.event(event)))
         names |= {w.name.encode() for w in self.app.workflows.values() if event in w.on_events}
+        runs = self._event_runs(event, key, names)
+        for name, _ in runs:
+            _check_task_input(await self.adefinition(name), data)
         refs = []
-        for name, run_id in self._event_runs(event, key, names):
+        for name, run_id in runs:
             refs.append(await self.aenqueue(name, data, run_id=run_id))
         return refs
 
@@ -588,6 +593,12 @@ class Client:
         step = run.error_step or ""
         error = run.step(step).error if step else None
         raise RunFailed(run.run_id, step, error or StepError("Error", "unknown failure"))
+
+
+def _check_task_input(wf: WorkflowDef, input: Any) -> None:
+    """Refuse here, not on a worker after retries, a task input that cannot bind."""
+    if wf.is_task:
+        wf.steps[wf.name].task_arguments(None, input)
 
 
 def _shape(run: Run, outs: dict[str, Any]) -> Any:

@@ -213,6 +213,24 @@ def test_an_input_over_the_size_limit_is_one_line_and_exit_2(
     assert world.keys() == before
 
 
+def test_a_task_input_that_is_not_keyword_arguments_is_one_line_and_exit_2(
+    world: World,
+) -> None:
+    @world.app.task
+    def job(ctx: Context, n: int) -> int:
+        return n
+
+    world.serve(passes=0)  # registered: the CLI knows it is a task, not its signature
+    before = world.keys()
+    result = world.invoke("enqueue", "job", "--input", "[1, 2]")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "rstick: --input: task 'job' takes a dict of keyword arguments (or None) as input, "
+        "not list\n"
+    )
+    assert world.keys() == before
+
+
 def test_unknown_workflow_exits_non_zero_and_writes_nothing(world: World) -> None:
     before = world.keys()
     result = world.invoke("enqueue", "Nope", "--input", "{}")

@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 from drive import run, sibling
 
-from rstick import AsyncRunRef, Context, Rstick, RunRef, StickyStrategy, Worker
+from rstick import (
+    AsyncRunRef,
+    Context,
+    Rstick,
+    RunRef,
+    StickyStrategy,
+    TaskInputError,
+    Worker,
+)
 
 
 def define(app: Rstick) -> None:
@@ -145,3 +153,16 @@ def test_emit_refuses_an_event_name_instead_of_starting_nothing(
     with pytest.raises(ValueError, match=message):
         run(app.aemit(event, {"id": 1}))
     assert app.client.redis.keys("*") == before
+
+
+def test_emit_refused_by_one_listener_starts_none(app: Rstick, state: Any) -> None:
+    """audit is a task: its input must be keyword arguments. Welcome, which takes
+    anything, must not start either when audit refuses the data."""
+    define(app)
+    app.emit("user:create", {"id": 1})  # registers the definitions
+    before = state()
+    with pytest.raises(TaskInputError, match="task 'audit' takes a dict of keyword arguments"):
+        app.emit("user:create", [1, 2])
+    with pytest.raises(TaskInputError, match="task 'audit' cannot take this input"):
+        run(app.aemit("user:create", {"id": 1, "extra": 2}))
+    assert state() == before
