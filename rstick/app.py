@@ -52,11 +52,24 @@ class StepDef:
         except (TypeError, ValueError):  # a callable without one (some builtins)
             return None
 
+    @functools.cached_property
+    def _binds_alone(self) -> bool:
+        """Whether ``fn(ctx)`` binds: a task without input, on the way of every enqueue."""
+        if self.signature is None:
+            return True
+        try:
+            self.signature.bind(None)
+        except TypeError:
+            return False
+        return True
+
     def task_arguments(self, ctx: Any, input: Any) -> dict[str, Any]:
         """The keyword arguments of this task's function for ``input``, refused
         with TaskInputError unless ``fn(ctx, **input)`` binds: a task's input is
         a dict of keyword arguments (str keys), or None for none."""
         if input is None:
+            if self._binds_alone:  # the same answer every time: bound once
+                return {}
             kwargs: dict[str, Any] = {}
         elif isinstance(input, dict) and all(isinstance(k, str) for k in input):
             kwargs = input

@@ -219,7 +219,8 @@ class Client:
         pin: str = "",
         parent: tuple[str, str] = ("", ""),
     ) -> _Call:
-        delay = seconds("delay", delay)
+        if type(delay) is not float or delay != 0.0:  # the default needs no check
+            delay = seconds("delay", delay)
         _check_task_input(wf, input)
         data = pack(input, "input", max_bytes=self.app.max_payload_bytes)
         now = int(time.time() * 1000)

@@ -293,6 +293,7 @@ def define_strict(app: Rstick, calls: list[str]) -> None:
             "task 'add' cannot take this input: got an unexpected keyword argument 'z'",
         ),
         ({"y": 2}, "task 'add' cannot take this input: missing a required argument: 'x'"),
+        (None, "task 'add' cannot take this input: missing a required argument: 'x'"),
         (
             {"x": 1, "ctx": 2},
             "task 'add' cannot take this input: multiple values for argument 'ctx'",
