@@ -490,10 +490,10 @@ class Client:
         children; the tree is walked a level at a time, up to CANCEL_BATCH calls per
         round trip, each run once. A child spawned after its parent was cancelled is
         refused (enqueue.lua), so none escapes the walk."""
-        [(status, now, found)] = self._cancel_runs([(run_id, reason)])
+        [(status, ended_here, found)] = self._cancel_runs([(run_id, reason)])
         if not status:
             raise RunNotFound(run_id)
-        cancelled = [run_id] if now else []
+        cancelled = [run_id] if ended_here else []
         seen = {run_id}
         level = [(child, run_id) for child in found] if children else []
         while level:
@@ -505,10 +505,10 @@ class Client:
             level = []
             for start in range(0, len(batch), CANCEL_BATCH):
                 chunk = batch[start : start + CANCEL_BATCH]
-                for (child, _), (_, now, grandchildren) in zip(
+                for (child, _), (_, ended_here, grandchildren) in zip(
                     chunk, self._cancel_runs(chunk), strict=True
                 ):
-                    if now:
+                    if ended_here:
                         cancelled.append(child)
                     level += [(g, child) for g in grandchildren]
         return Cancellation(run_id, RunStatus(status), tuple(cancelled))
@@ -526,8 +526,8 @@ class Client:
             )
         out = []
         for reply in pipe.execute():
-            status, now, *found = (x.decode() for x in reply)
-            out.append((status, now == "1", found))
+            status, ended_here, *found = (x.decode() for x in reply)
+            out.append((status, ended_here == "1", found))
         return out
 
     # -- dead letters -------------------------------------------------------
