@@ -11,6 +11,7 @@ import traceback
 import click
 
 from rstick import Rstick, Worker
+from rstick.limits import seconds
 
 from .errors import BadInput, Fail
 from .settings import Settings, check_url, connection_options
@@ -133,8 +134,13 @@ def worker(
     # Settings given here win over the app's own; the client is remade to use them.
     app.redis_url = settings.redis_url or app.redis_url
     app.namespace = settings.namespace or app.namespace
-    app.heartbeat = app.heartbeat if heartbeat is None else heartbeat
-    app.worker_ttl = app.worker_ttl if worker_ttl is None else worker_ttl
+    try:  # click takes "inf" and "nan" for floats
+        if heartbeat is not None:
+            app.heartbeat = seconds("--heartbeat", heartbeat, positive=True)
+        if worker_ttl is not None:
+            app.worker_ttl = seconds("--worker-ttl", worker_ttl, positive=True)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
     if app.worker_ttl <= app.heartbeat:
         raise BadInput(
             f"--worker-ttl ({app.worker_ttl:g}s) must be longer than --heartbeat "

@@ -562,6 +562,28 @@ def test_worker_refuses_an_id_or_queue_the_layout_cannot_hold(
     assert result.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--worker-ttl", "nan"], "--worker-ttl must be a finite number of seconds, not nan"),
+        (["--worker-ttl", "inf"], "--worker-ttl must be a finite number of seconds, not inf"),
+        (["--heartbeat", "nan"], "--heartbeat must be a finite number of seconds, not nan"),
+    ],
+)
+def test_worker_refuses_a_heartbeat_or_ttl_out_of_bounds(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "cli_app_ttl.py").write_text(
+        "from rstick import Rstick\napp = Rstick(redis_url='redis://127.0.0.1:1/0')\n"
+        "@app.task\ndef job(ctx):\n    return 1\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "cli_app_ttl", raising=False)
+    result = CliRunner().invoke(cli, ["worker", "cli_app_ttl:app", *args])
+    assert result.exit_code == 2
+    assert result.stderr == f"rstick: {message}\n"
+
+
 def test_worker_imports_the_app_from_the_current_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
