@@ -9,14 +9,17 @@ import click
 from redis.exceptions import RedisError
 
 from rstick import (
+    PayloadTooLarge,
     ResultTimeout,
     RstickError,
     RunCancelled,
     RunFailed,
     RunRef,
     SerializationError,
+    TaskInputError,
     UnknownWorkflow,
 )
+from rstick.limits import MAX_SECONDS, optional_seconds, seconds
 
 from .errors import INTERRUPTED, BadInput, Fail
 from .render import dumps
@@ -37,10 +40,10 @@ def parse_json(text: str | None, option: str) -> Any:
 @click.option("--input", "input_json", metavar="JSON", help="The run's input, as JSON.")
 @click.option(
     "--delay",
-    type=click.FloatRange(min=0),
+    type=float,
     default=0.0,
     metavar="S",
-    help="Start the run after this many seconds.",
+    help=f"Start the run after this many seconds (at most {MAX_SECONDS}, a year).",
 )
 @click.option(
     "--run-id",
@@ -50,7 +53,7 @@ def parse_json(text: str | None, option: str) -> Any:
 @click.option("--wait", is_flag=True, help="Wait for the run to finish and print its outputs.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
     metavar="S",
     help="With --wait, give up after this many seconds.",
 )
@@ -75,13 +78,18 @@ def enqueue(
     """
     if timeout is not None and not wait:
         raise BadInput("--timeout only applies with --wait")
+    try:  # the library's own bounds, one line each
+        seconds("--delay", delay)
+        optional_seconds("--timeout", timeout, bounded=False)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
     data = parse_json(input_json, "--input")
     app = current_app()
     try:
         ref = app.enqueue(workflow, data, run_id=run_id, delay=delay)
     except UnknownWorkflow as exc:
         raise BadInput(str(exc)) from None
-    except SerializationError as exc:  # e.g. an integer beyond 64 bits
+    except (SerializationError, PayloadTooLarge, TaskInputError) as exc:  # e.g. an int > 64 bits
         raise BadInput(f"--input: {exc}") from None
     if not wait:
         if as_json:
@@ -173,8 +181,10 @@ def emit(event: str, data_json: str | None, key: str | None, as_json: bool) -> N
     app = current_app()
     try:
         refs = app.emit(event, data, key=key)
-    except SerializationError as exc:
+    except (SerializationError, PayloadTooLarge, TaskInputError) as exc:
         raise BadInput(f"--data: {exc}") from None
+    except ValueError as exc:  # an event name the layout cannot hold
+        raise BadInput(str(exc)) from None
     runs = [{"run_id": ref.run_id, "workflow": ref.get().workflow} for ref in refs]
     if as_json:
         click.echo(dumps({"event": event, "runs": runs}))

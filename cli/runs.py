@@ -165,17 +165,40 @@ def event_line(event: dict[str, Any], now: float) -> str:
 
 @runs.command()
 @click.argument("run_id")
+@click.option(
+    "--keep-children",
+    is_flag=True,
+    help="Cancel this run only; its child runs (and theirs) run on.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print one JSON object {"run_id", "status", "cancelled": [ids]}.',
+)
 @connection_options
-def cancel(run_id: str) -> None:
-    """Cancel a run that has not finished: its queued steps are dropped, the
-    results of its running steps ignored."""
+def cancel(run_id: str, keep_children: bool, as_json: bool) -> None:
+    """Cancel a run that has not finished, and every unfinished run it spawned
+    (children, grandchildren...): queued steps are dropped, running ones finish
+    and their results are ignored.
+
+    Exits 2 if there is no such run, 1 if it had already ended (its unfinished
+    descendants are cancelled all the same).
+    """
     try:
-        status = current_app().client.cancel(run_id)
+        done = current_app().client.cancel(run_id, children=not keep_children)
     except RunNotFound as exc:
-        raise Fail(str(exc)) from None
-    if status != "cancelled":
-        raise Fail(f"run {run_id} already ended: {status}")
-    click.echo(f"cancelled {run_id}")
+        raise BadInput(str(exc)) from None
+    descendants = [i for i in done.cancelled if i != run_id]
+    if as_json:
+        click.echo(dumps(done.to_json()))
+    if run_id not in done.cancelled:
+        also = f" (cancelled {len(descendants)} unfinished descendants)" if descendants else ""
+        raise Fail(f"run {run_id} already ended: {done.status.value}{also}")
+    if not as_json:
+        click.echo(f"cancelled {run_id}")
+        for child in descendants:
+            click.echo(f"cancelled {child} (descendant)")
 
 
 @runs.command("list")

@@ -11,6 +11,7 @@ import traceback
 import click
 
 from rstick import LoginFailed, Rstick, Worker, WorkerIdInUse
+from rstick.limits import seconds
 from rstick.preflight import UnsafeRedis
 
 from .errors import BadInput, Fail
@@ -153,8 +154,13 @@ def worker(
     # Settings given here win over the app's own; the client is remade to use them.
     app.redis_url = settings.redis_url or app.redis_url
     app.namespace = settings.namespace or app.namespace
-    app.heartbeat = app.heartbeat if heartbeat is None else heartbeat
-    app.worker_ttl = app.worker_ttl if worker_ttl is None else worker_ttl
+    try:  # click takes "inf" and "nan" for floats
+        if heartbeat is not None:
+            app.heartbeat = seconds("--heartbeat", heartbeat, positive=True)
+        if worker_ttl is not None:
+            app.worker_ttl = seconds("--worker-ttl", worker_ttl, positive=True)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
     if app.worker_ttl <= app.heartbeat:
         raise BadInput(
             f"--worker-ttl ({app.worker_ttl:g}s) must be longer than --heartbeat "
@@ -163,15 +169,18 @@ def worker(
     app.close()
     settings.url_in_use = str(app.redis_url)
     check_url(settings.url_in_use)
-    serving = Worker(
-        app,
-        worker_id=worker_id,
-        concurrency=concurrency,
-        queues=list(queues) or None,
-        drain_timeout=drain_timeout,
-        max_hung=max_hung,
-        allow_eviction=allow_eviction,
-    )
+    try:
+        serving = Worker(
+            app,
+            worker_id=worker_id,
+            concurrency=concurrency,
+            queues=list(queues) or None,
+            drain_timeout=drain_timeout,
+            max_hung=max_hung,
+            allow_eviction=allow_eviction,
+        )
+    except ValueError as exc:  # a worker id or queue name the layout cannot hold
+        raise BadInput(str(exc)) from None
     setup_logging(serving.id(), verbose)
     try:
         code = serving.run()

@@ -6,6 +6,7 @@ from .context import Context
 from .errors import (
     DefinitionError,
     LoginFailed,
+    PayloadTooLarge,
     ResultTimeout,
     RstickError,
     RunCancelled,
@@ -15,17 +16,20 @@ from .errors import (
     SerializationError,
     StepTimeout,
     StickyChildError,
+    TaskInputError,
     UnknownWorkflow,
     WorkerIdInUse,
 )
-from .records import Run, RunStatus, StepState, StepStatus, StickyStrategy, WorkerInfo
+from .records import Cancellation, Run, RunStatus, StepState, StepStatus, StickyStrategy, WorkerInfo
 from .worker import Worker
 
 __all__ = [
     "AsyncRunRef",
+    "Cancellation",
     "Context",
     "DefinitionError",
     "LoginFailed",
+    "PayloadTooLarge",
     "ResultTimeout",
     "Rstick",
     "RstickError",
@@ -43,6 +47,7 @@ __all__ = [
     "StepTimeout",
     "StickyChildError",
     "StickyStrategy",
+    "TaskInputError",
     "UnknownWorkflow",
     "Worker",
     "WorkerIdInUse",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -11,13 +12,15 @@ from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .credentials import hide_password
-from .errors import DefinitionError
+from .errors import DefinitionError, TaskInputError
 from .keys import Keys
+from .limits import DEFAULT_MAX_PAYLOAD_BYTES, count, optional_seconds, seconds
+from .names import check_name
 from .records import StickyStrategy
 
 if TYPE_CHECKING:
     from .client import AsyncRunRef, Client, RunRef
-    from .records import Run, WorkerInfo
+    from .records import Cancellation, Run, WorkerInfo
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -43,9 +46,55 @@ class StepDef:
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.fn)
 
+    @functools.cached_property
+    def signature(self) -> inspect.Signature | None:
+        """The function's signature; None when this process does not have the code."""
+        if self.fn is _remote_step:
+            return None
+        try:
+            return inspect.signature(self.fn)
+        except (TypeError, ValueError):  # a callable without one (some builtins)
+            return None
+
+    @functools.cached_property
+    def _binds_alone(self) -> bool:
+        """Whether ``fn(ctx)`` binds: a task without input, on the way of every enqueue."""
+        if self.signature is None:
+            return True
+        try:
+            self.signature.bind(None)
+        except TypeError:
+            return False
+        return True
+
+    def task_arguments(self, ctx: Any, input: Any) -> dict[str, Any]:
+        """The keyword arguments of this task's function for ``input``, refused
+        with TaskInputError unless ``fn(ctx, **input)`` binds: a task's input is
+        a dict of keyword arguments (str keys), or None for none."""
+        if input is None:
+            if self._binds_alone:  # the same answer every time: bound once
+                return {}
+            kwargs: dict[str, Any] = {}
+        elif isinstance(input, dict) and all(isinstance(k, str) for k in input):
+            kwargs = input
+        else:
+            what = "a dict with non-str keys" if isinstance(input, dict) else type(input).__name__
+            raise TaskInputError(
+                f"task {self.name!r} takes a dict of keyword arguments (or None) as input, "
+                f"not {what}"
+            )
+        if self.signature is not None:
+            try:
+                self.signature.bind(ctx, **kwargs)
+            except TypeError as exc:
+                raise TaskInputError(f"task {self.name!r} cannot take this input: {exc}") from None
+        return kwargs
+
     def retry_delay(self, attempt: int) -> float:
         """Backoff before attempt ``attempt + 1``, capped at five minutes."""
-        return float(min(self.backoff * 2 ** (attempt - 1), 300.0))
+        # 2**64 seconds is past the cap for any backoff the definition accepts, and a
+        # float can hold it (2**1024 cannot, and retries may be that many).
+        return float(min(self.backoff * 2 ** min(attempt - 1, 64), 300.0))
 
 
 @dataclass(frozen=True)
@@ -118,33 +167,25 @@ class WorkflowDef:
         )
 
 
-def _check_name(kind: str, name: str) -> str:
-    """Refuse a name the Redis layout cannot hold; return it.
-
-    Step, workflow and queue names are stored space-separated (a run's steps,
-    a worker's workflows and queues) and step names in retry entries
-    ``run|step|attempt|epoch``: a name with whitespace or ``|`` would be split
-    apart, or an empty one lost, long after it was accepted.
-    """
-    if not isinstance(name, str) or not name:
-        raise DefinitionError(f"{kind} name {name!r} must be a non-empty string")
-    for ch in name:
-        if ch.isspace():
-            raise DefinitionError(
-                f"{kind} name {name!r} contains whitespace ({ch!r}): "
-                "names are stored space-separated in Redis"
-            )
-        if ch == "|":
-            raise DefinitionError(
-                f"{kind} name {name!r} contains '|': it separates the fields of "
-                "retry entries ('run|step|attempt|epoch')"
-            )
-    return name
+def _check_events(on_events: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(on_events, str):
+        raise DefinitionError("on_events must be a list of event names, not a string")
+    return tuple(check_name("event", event) for event in on_events)
 
 
-def _check_retries(retries: int) -> None:
-    if retries < 0:
-        raise DefinitionError("retries must be >= 0")
+def _check_numbers(
+    retries: int, timeout: float | None, backoff: float, schedule_timeout: float | None
+) -> tuple[int, float | None, float, float | None]:
+    """A step's numbers, refused at definition when a worker could not use them."""
+    return (
+        count("retries", retries, error=DefinitionError),
+        optional_seconds("timeout", timeout, error=DefinitionError),
+        seconds("backoff", backoff, error=DefinitionError),
+        # 0: a HARD run fails as soon as its worker is found dead.
+        optional_seconds(
+            "schedule_timeout", schedule_timeout, positive=False, error=DefinitionError
+        ),
+    )
 
 
 def _remote_step(*_: Any) -> Any:  # pragma: no cover - never called
@@ -211,11 +252,20 @@ class Rstick:
     retention: float = 86400.0  # seconds a finished run stays readable
     max_deliveries: int = 5  # a step that lost its worker this often is dead-lettered
     dead_maxlen: int = DEFAULT_DEAD_MAXLEN  # dead letters kept (about: trimmed in blocks)
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES  # an input or output, packed
     workflows: dict[str, WorkflowDef] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.redis_url = self.redis_url or os.environ.get("RSTICK_REDIS_URL") or DEFAULT_URL
         self.namespace = self.namespace or os.environ.get("RSTICK_NAMESPACE") or "rstick"
+        self.heartbeat = seconds("heartbeat", self.heartbeat, positive=True)
+        self.worker_ttl = seconds("worker_ttl", self.worker_ttl, positive=True)
+        # Runs expire with EXPIRE, in whole seconds: 0 would delete them at once.
+        self.retention = seconds("retention", self.retention, bounded=False)
+        if self.retention < 1:
+            raise ValueError(f"retention must be at least 1 second, not {self.retention!r}")
+        self.max_deliveries = count("max_deliveries", self.max_deliveries, minimum=1)
+        self.max_payload_bytes = count("max_payload_bytes", self.max_payload_bytes, minimum=1)
         if self.worker_ttl <= self.heartbeat:
             raise ValueError("worker_ttl must be longer than heartbeat")
         if self.dead_maxlen < 1:
@@ -276,18 +326,15 @@ class Rstick:
             return decorate(parents)
         if isinstance(parents, str):
             raise DefinitionError("parents must be a list of step names, not a string")
-        _check_retries(retries)
+        numbers = _check_numbers(retries, timeout, backoff, schedule_timeout)
         parent_names = tuple(parents)
 
         def mark(fn: F) -> F:
             step = StepDef(
-                _check_name("step", fn.__name__ if name is None else name),
+                check_name("step", fn.__name__ if name is None else name),
                 fn,
                 parent_names,
-                retries,
-                timeout,
-                backoff,
-                schedule_timeout,
+                *numbers,
             )
             setattr(fn, _STEP_ATTR, step)
             return fn
@@ -308,10 +355,12 @@ class Rstick:
 
         ``retention``: seconds a finished run stays readable (default: the app's).
         """
-        _check_name("queue", queue)
+        check_name("queue", queue)
+        events = _check_events(on_events)
+        schedule_timeout = seconds("schedule_timeout", schedule_timeout, error=DefinitionError)
 
         def register(cls: type[T]) -> type[T]:
-            wf_name = _check_name("workflow", cls.__name__ if name is None else name)
+            wf_name = check_name("workflow", cls.__name__ if name is None else name)
             steps: dict[str, StepDef] = {}
             for attr in vars(cls).values():
                 step = getattr(attr, _STEP_ATTR, None)
@@ -328,7 +377,7 @@ class Rstick:
                     _link(wf_name, steps),
                     sticky or StickyStrategy.NONE,
                     queue,
-                    tuple(on_events),
+                    events,
                     schedule_timeout,
                     cls=cls,
                     retention=retention,
@@ -373,11 +422,12 @@ class Rstick:
         finished run stays readable (default: the app's; 0 for fire-and-forget jobs
         whose result nobody reads).
         """
-        _check_retries(retries)
-        _check_name("queue", queue)
+        retries, timeout, backoff, _ = _check_numbers(retries, timeout, backoff, None)
+        check_name("queue", queue)
+        events = _check_events(on_events)
 
         def register(fn: F) -> F:
-            wf_name = _check_name("task", fn.__name__ if name is None else name)
+            wf_name = check_name("task", fn.__name__ if name is None else name)
             step = StepDef(wf_name, fn, (), retries, timeout, backoff)
             self._add(
                 WorkflowDef(
@@ -385,7 +435,7 @@ class Rstick:
                     _link(wf_name, {wf_name: step}),
                     StickyStrategy.NONE,
                     queue,
-                    tuple(on_events),
+                    events,
                     is_task=True,
                     retention=retention,
                 )
@@ -450,9 +500,12 @@ class Rstick:
     def get_run(self, run_id: str) -> Run:
         return self.client.get_run(run_id)
 
-    def cancel(self, run_id: str) -> str:
-        """Cancel a run that has not finished; returns its status afterwards."""
-        return self.client.cancel(run_id)
+    def cancel(self, run_id: str, *, children: bool = True) -> Cancellation:
+        """Cancel a run that has not finished and, unless ``children=False``, every
+        unfinished descendant (children, grandchildren...); returns the run's status
+        afterwards and the ids of the runs cancelled. Queued steps are dropped,
+        running ones run on and their results are ignored. Raises RunNotFound."""
+        return self.client.cancel(run_id, children=children)
 
     def list_workers(self) -> list[WorkerInfo]:
         return self.client.list_workers()

@@ -29,7 +29,9 @@ from .errors import (
     StepError,
     UnknownWorkflow,
 )
-from .records import FINISHED, Run, RunStatus, WorkerInfo
+from .limits import optional_seconds, seconds
+from .names import check_name
+from .records import FINISHED, Cancellation, Run, RunStatus, WorkerInfo
 from .scripts import Scripts
 
 if TYPE_CHECKING:
@@ -96,6 +98,7 @@ class _Held:
 
 
 WAIT_POLL = 1.0  # seconds between status checks while waiting, should a notice be missed
+CANCEL_BATCH = 500  # cancel.lua calls per round trip, cancelling a tree of runs
 
 
 def new_run_id() -> str:
@@ -231,7 +234,10 @@ class Client:
         pin: str = "",
         parent: tuple[str, str] = ("", ""),
     ) -> _Call:
-        data = pack(input, "input")
+        if type(delay) is not float or delay != 0.0:  # the default needs no check
+            delay = seconds("delay", delay)
+        _check_task_input(wf, input)
+        data = pack(input, "input", max_bytes=self.app.max_payload_bytes)
         delay_ms = int(delay * 1000) if delay > 0 else 0
         head = [self.keys.prefix, run_id, wf.name, wf.queue, pin, *parent, delay_ms]
         tail = ["worker", pin, "input", data, "parent_run", parent[0], "parent_step", parent[1]]
@@ -272,10 +278,13 @@ class Client:
         fields = self._fields[(wf.name, pinned)] = _Fields(wf, args, _bulks(args))
         return fields
 
-    def _checked(self, wf: WorkflowDef, result: bytes | str) -> None:
-        if (result.decode() if isinstance(result, bytes) else result) == "unknown":
+    def _checked(self, wf: WorkflowDef, result: bytes | str, parent_run: str = "") -> None:
+        text = result.decode() if isinstance(result, bytes) else result
+        if text == "unknown":
             self._defs.pop(wf.name, None)
             raise UnknownWorkflow(wf.name)
+        if text == "parent cancelled":  # a step of a cancelled run spawning a child
+            raise RunCancelled(parent_run)
 
     def _unknown(self, wf: WorkflowDef, results: list[Any]) -> list[int]:
         """The calls refused as "unknown workflow" that registering ``wf`` heals: it is
@@ -302,7 +311,7 @@ class Client:
         run_id = run_id or new_run_id()
         call = self._enqueue_call(wf, run_id, input, delay=delay, pin=pin, parent=parent)
         [result] = self._send_enqueues(wf, [call])
-        self._checked(wf, result)
+        self._checked(wf, result, parent[0])
         return RunRef(self, run_id)
 
     def enqueue_many(self, workflow: str, inputs: Iterable[Any]) -> list[RunRef]:
@@ -402,7 +411,7 @@ class Client:
             result = await self.ascripts.enqueue(keys=keys, args=args)
             if not self._unknown(wf, [result]):
                 break
-        self._checked(wf, result)
+        self._checked(wf, result, parent[0])
         return AsyncRunRef(self, run_id)
 
     # -- events ------------------------------------------------------------
@@ -427,18 +436,26 @@ class Client:
         return names
 
     def emit(self, event: str, data: Any = None, *, key: str | None = None) -> list[RunRef]:
+        check_name("event", event, ValueError)
+        runs = self._event_runs(event, key, self._listeners(event))
+        for name, _ in runs:  # a listener refusing the data refuses the emit: none starts
+            _check_task_input(self.definition(name), data)
         refs = []
-        for name, run_id in self._event_runs(event, key, self._listeners(event)):
+        for name, run_id in runs:
             refs.append(self.enqueue(name, data, run_id=run_id))
         return refs
 
     async def aemit(
         self, event: str, data: Any = None, *, key: str | None = None
     ) -> list[AsyncRunRef]:
+        check_name("event", event, ValueError)
         names: set[bytes] = set(await self.aredis.smembers(self.keys.event(event)))
         names |= {w.name.encode() for w in self.app.workflows.values() if event in w.on_events}
+        runs = self._event_runs(event, key, names)
+        for name, _ in runs:
+            _check_task_input(await self.adefinition(name), data)
         refs = []
-        for name, run_id in self._event_runs(event, key, names):
+        for name, run_id in runs:
             refs.append(await self.aenqueue(name, data, run_id=run_id))
         return refs
 
@@ -500,15 +517,53 @@ class Client:
             workers.append(WorkerInfo.from_hash(wid.decode(), info, deadline / 1000, pinned, now))
         return workers
 
-    def cancel(self, run_id: str, reason: str = "cancelled by user") -> str:
-        """Cancel a run that has not finished; returns its status afterwards."""
-        status: bytes = self.scripts.cancel(
-            keys=[self.keys.workflows],
-            args=[self.keys.prefix, run_id, reason],
-        )
+    def cancel(
+        self, run_id: str, reason: str = "cancelled by user", *, children: bool = True
+    ) -> Cancellation:
+        """Cancel a run that has not finished and, with ``children``, every unfinished
+        descendant: its children, theirs, and so on, through finished runs too (a
+        finished run's child may still run).
+
+        Each run is cancelled atomically by one script call, which also names its
+        children; the tree is walked a level at a time, up to CANCEL_BATCH calls per
+        round trip, each run once. A child spawned after its parent was cancelled is
+        refused (enqueue.lua), so none escapes the walk."""
+        [(status, ended_here, found)] = self._cancel_runs([(run_id, reason)])
         if not status:
             raise RunNotFound(run_id)
-        return status.decode()
+        cancelled = [run_id] if ended_here else []
+        seen = {run_id}
+        level = [(child, run_id) for child in found] if children else []
+        while level:
+            batch = []
+            for child, parent in level:
+                if child not in seen:
+                    seen.add(child)
+                    batch.append((child, f"parent run {parent} was cancelled"))
+            level = []
+            for start in range(0, len(batch), CANCEL_BATCH):
+                chunk = batch[start : start + CANCEL_BATCH]
+                for (child, _), (_, ended_here, grandchildren) in zip(
+                    chunk, self._cancel_runs(chunk), strict=True
+                ):
+                    if ended_here:
+                        cancelled.append(child)
+                    level += [(g, child) for g in grandchildren]
+        return Cancellation(run_id, RunStatus(status), tuple(cancelled))
+
+    def _cancel_runs(self, runs: list[tuple[str, str]]) -> list[tuple[str, bool, list[str]]]:
+        """cancel.lua for each (run, reason), in one round trip: for each, its status
+        ("" when there is no such run), whether this call cancelled it, its children."""
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id, reason in runs:
+            self.scripts.cancel(
+                keys=[self.keys.workflows], args=[self.keys.prefix, run_id, reason], client=pipe
+            )
+        out = []
+        for reply in pipe.execute():
+            status, ended_here, *found = (x.decode() for x in reply)
+            out.append((status, ended_here == "1", found))
+        return out
 
     # -- dead letters -------------------------------------------------------
 
@@ -576,6 +631,12 @@ class Client:
         raise RunFailed(run.run_id, step, error or StepError("Error", "unknown failure"))
 
 
+def _check_task_input(wf: WorkflowDef, input: Any) -> None:
+    """Refuse here, not on a worker after retries, a task input that cannot bind."""
+    if wf.is_task:
+        wf.steps[wf.name].task_arguments(None, input)
+
+
 def _shape(run: Run, outs: dict[str, Any]) -> Any:
     """A task's result is its one output; a workflow's is ``{step: output}``."""
     if run.is_task:
@@ -606,6 +667,7 @@ class RunRef:
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the run; return its outputs or raise RunFailed / RunCancelled."""
+        timeout = optional_seconds("timeout", timeout, bounded=False)
         with self.while_waiting():
             return self._wait(timeout)
 
@@ -650,6 +712,7 @@ class AsyncRunRef:
 
     async def result(self, timeout: float | None = None) -> Any:
         """Wait for the run; return its outputs or raise RunFailed / RunCancelled."""
+        timeout = optional_seconds("timeout", timeout, bounded=False)
         with self.while_waiting():
             return await self._wait(timeout)
 

@@ -23,6 +23,15 @@ class SerializationError(RstickError, TypeError):
     """A value is not a msgpack value; the message names the offending path."""
 
 
+class PayloadTooLarge(RstickError, ValueError):
+    """An input or output packs to more than ``Rstick(max_payload_bytes=...)``."""
+
+
+class TaskInputError(RstickError, TypeError):
+    """A task's input is not keyword arguments its function takes; the step fails
+    at once, without retries (the same input would fail the same way)."""
+
+
 class StickyChildError(RstickError):
     """A sticky child workflow cannot be spawned here."""
 

@@ -41,6 +41,7 @@ class StepStatus(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     ABANDONED = "abandoned"  # finished after its run had already ended
+    CANCELLED = "cancelled"  # its run was cancelled before it finished
 
 
 def _s(raw: dict[bytes, bytes], name: str, default: str = "") -> str:
@@ -151,7 +152,7 @@ class Run:
             parked_until=_ms(raw, "parked"),
             is_task=_s(raw, "kind") == "task",
             reassigned=_s(raw, "reassigned") == "1",
-            children=sorted(k.decode()[2:] for k in raw if k.startswith(b"c.")),
+            children=sorted(k.decode()[2:] for k in raw if k.startswith(b"c|")),
             waiting={"reason": _s(raw, "waiting"), "since": _ms(raw, "waiting_since")}
             if raw.get(b"waiting")
             else None,
@@ -181,6 +182,24 @@ class Run:
             "parked_until": self.parked_until,
             "waiting": self.waiting,
             "steps": [s.to_json() for s in self.steps],
+        }
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    """What ``cancel`` did: the run's status afterwards (CANCELLED, or the status it
+    had already ended with) and every run the call cancelled, the run itself first
+    when it was one of them, then its descendants."""
+
+    run_id: str
+    status: RunStatus
+    cancelled: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "status": self.status.value,
+            "cancelled": list(self.cancelled),
         }
 
 

@@ -13,7 +13,6 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from .app import Rstick, StepDef, WorkflowDef
 from .codec import pack, unpack
 from .context import Context
-from .errors import StepTimeout
+from .errors import StepTimeout, TaskInputError
+from .failure import describe_exception, pack_error
 from .plural import plural
 from .protocol import Claim
 from .threads import StepThreads
@@ -131,7 +131,7 @@ class StepRunner:
             log.exception(
                 "%s/%s: the worker could not handle its outcome", job.run_id, job.step.name
             )
-            outcome = ("fail", pack(describe_failure(exc)), 0)
+            outcome = ("fail", pack_error(describe_exception(exc)), 0)
         finally:
             self.running.pop(job.key, None)
             self._freed()
@@ -141,39 +141,35 @@ class StepRunner:
         """Run the step: ("ok", output, 0), ("retry", error, delay_ms) or ("fail", error, 0)."""
         step = job.step
         try:
-            return "ok", pack(await self._call(job, ctx), "output"), 0
+            output = await self._call(job, ctx)
+            return "ok", pack(output, "output", max_bytes=self.app.max_payload_bytes), 0
         except BaseException as exc:
             task = asyncio.current_task()
             if isinstance(exc, asyncio.CancelledError) and task and task.cancelling():
                 raise  # the worker cancelled it (stopping): its entry stays pending
             # Anything else the step raised fails the attempt: a CancelledError of its
             # own, SystemExit, KeyboardInterrupt, an exception whose str() raises.
-            error = describe_failure(exc)
+            error = describe_exception(exc)
             # Attempts lost with a worker are no errors of the step's: retries are for these.
             errors = job.attempt - job.lost
-            if errors <= step.retries:
+            if errors <= step.retries and not isinstance(exc, TaskInputError):
                 log.info(
                     "%s/%s attempt %d failed (%s: %s): retrying",
                     job.run_id,
                     step.name,
                     job.attempt,
-                    error["type"],
-                    error["message"],
+                    error.type,
+                    error.message,
                 )
-                return "retry", pack(error), int(step.retry_delay(errors) * 1000)
-            log.warning(
-                "%s/%s failed: %s: %s", job.run_id, step.name, error["type"], error["message"]
-            )
-            return "fail", pack(error), 0
+                return "retry", pack_error(error), int(step.retry_delay(errors) * 1000)
+            log.warning("%s/%s failed: %s: %s", job.run_id, step.name, error.type, error.message)
+            return "fail", pack_error(error), 0
 
     async def _call(self, job: Job, ctx: Context) -> Any:
         step, wf = job.step, job.workflow
-        if wf.is_task:
-            data = ctx.input
-            args: tuple[Any, ...] = (ctx,) if data is None else (ctx, data)
-            kwargs: dict[str, Any] = {}
-            if isinstance(data, dict):
-                args, kwargs = (ctx,), {str(k): v for k, v in data.items()}
+        if wf.is_task:  # bound before the call: a TypeError of the task's own is its own
+            args: tuple[Any, ...] = (ctx,)
+            kwargs: dict[str, Any] = step.task_arguments(ctx, ctx.input)
         else:
             args, kwargs = (self.instances[wf.name], ctx), {}
         if step.is_async:
@@ -245,21 +241,6 @@ def _log_not_run(claim: Claim) -> None:
         log.debug("%s forwarded to worker %s", where, claim.detail)
     else:
         log.debug("%s dropped: %s", where, claim.detail)
-
-
-def describe_failure(exc: BaseException) -> dict[str, str]:
-    """What a failed step leaves behind: type, message, traceback; never raises,
-    whatever the exception's ``__str__`` does."""
-    kind = type(exc).__qualname__
-    try:
-        message = str(exc)
-    except BaseException as err:
-        message = f"<{kind} object: str() raised {type(err).__qualname__}>"
-    try:
-        tb = "".join(traceback.format_exception(exc))
-    except BaseException:
-        tb = "".join(traceback.format_tb(exc.__traceback__)) + f"{kind}: {message}\n"
-    return {"type": kind, "message": message, "tb": tb}
 
 
 def missing_step(workflow: str, step: str) -> StepDef:

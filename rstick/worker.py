@@ -38,6 +38,7 @@ from .errors import LoginFailed, WorkerIdInUse
 from .fetch import Fetcher
 from .heartbeat import BeatResult, Heartbeat
 from .keys import GROUP
+from .names import check_name
 from .outage import AUTH_ERRORS, describe_outage, is_outage
 from .plural import plural
 from .preflight import check_server_once
@@ -76,9 +77,12 @@ class Worker:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        for queue in queues or ():
+            check_name("queue", queue, ValueError)
         self.app = app
         self.keys = app.keys
-        self._id = worker_id or default_worker_id()
+        self._id = default_worker_id() if worker_id is None else worker_id
+        check_name("worker id", self._id, ValueError)
         # This process's claim on the id: another process starting with the same id
         # cannot take it while this one beats, and this one stops once it is taken.
         self.instance = uuid.uuid4().hex

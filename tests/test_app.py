@@ -168,6 +168,56 @@ def test_negative_retries_of_a_task_are_refused(app: Rstick) -> None:
         app.task(retries=-1)
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"timeout": float("nan")}, "timeout must be a finite number of seconds, not nan"),
+        ({"timeout": float("inf")}, "timeout must be a finite number of seconds, not inf"),
+        ({"timeout": 0}, "timeout must be above 0 seconds, not 0"),
+        ({"timeout": "30"}, "timeout must be a number of seconds, not str '30'"),
+        ({"backoff": -1}, "backoff must be at least 0 seconds, not -1"),
+        ({"backoff": float("inf")}, "backoff must be a finite number"),
+        ({"retries": 1.5}, "retries must be an int, not float 1.5"),
+        ({"retries": True}, "retries must be an int, not bool True"),
+        ({"retries": -1}, "retries must be >= 0, not -1"),
+    ],
+)
+def test_step_and_task_numbers_out_of_bounds_are_refused(
+    app: Rstick, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(DefinitionError, match=message):
+        app.step(**options)
+    with pytest.raises(DefinitionError, match=message):
+        app.task(**options)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (float("nan"), "schedule_timeout must be a finite number of seconds, not nan"),
+        (-1, "schedule_timeout must be at least 0 seconds, not -1"),
+        (1e12, "schedule_timeout must be at most 31536000 seconds"),
+        ("300", "schedule_timeout must be a number of seconds, not str '300'"),
+    ],
+)
+def test_schedule_timeouts_out_of_bounds_are_refused(app: Rstick, value: Any, message: str) -> None:
+    with pytest.raises(DefinitionError, match=message):
+        app.step(schedule_timeout=value)
+    with pytest.raises(DefinitionError, match=message):
+        app.workflow(schedule_timeout=value)
+
+
+def test_settings_out_of_bounds_are_refused() -> None:
+    for settings, message in [
+        ({"heartbeat": float("nan")}, "heartbeat must be a finite number"),
+        ({"worker_ttl": float("inf")}, "worker_ttl must be a finite number"),
+        ({"retention": 0.5}, "retention must be at least 1 second"),
+        ({"max_deliveries": 0}, "max_deliveries must be >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Rstick(redis_url="redis://fake", **settings)
+
+
 def test_bare_step_decorator_works_like_the_call(app: Rstick) -> None:
     @app.workflow()
     class Bare:
@@ -200,6 +250,18 @@ def test_bare_step_decorator_works_like_the_call(app: Rstick) -> None:
         ("My Flow", "a", "workflow name 'My Flow' contains whitespace"),
         ("a|b", "a", r"workflow name 'a\|b' contains '\|'"),
         ("", "a", "workflow name '' must be a non-empty string"),
+        ("Ok", "a\x00b", r"step name 'a\\x00b' contains a control character \(U\+0000\)"),
+        ("Ok", "a\x7f", r"contains a control character \(U\+007F\)"),
+        ("Ok", "a\x1fb", "contains whitespace"),  # str.split() splits on \x1c-\x1f
+        ("Ok", "a\u2028b", "contains whitespace"),  # the line separator
+        ("Ok", "a\u200bb", r"contains a format character \(U\+200B\)"),  # zero width
+        ("Ok", "a\u202eb", r"contains a format character \(U\+202E\)"),  # right-to-left
+        ("Ok", "a\ud800", r"contains a surrogate \(U\+D800\)"),  # no UTF-8 for it
+        ("Ok", "{a}", "step name '{a}' contains '{': braces mark a key's hash tag"),
+        ("Ok", "a}", "contains '}'"),
+        ("{eu}", "a", "workflow name '{eu}' contains '{'"),
+        ("W" * 201, "a", "is 201 bytes long, over the limit of 200"),
+        ("Ok", "é" * 101, "is 202 bytes long, over the limit of 200"),
     ],
 )
 def test_names_that_the_redis_layout_cannot_hold_are_refused(
@@ -213,6 +275,15 @@ def test_names_that_the_redis_layout_cannot_hold_are_refused(
             def a(self, ctx: Context) -> None: ...
 
     assert app.workflows == {}
+
+
+def test_a_name_at_the_length_limit_is_fine(app: Rstick) -> None:
+    @app.workflow(name="W" * 200)
+    class Long:
+        @app.step(name="é" * 100)
+        def a(self, ctx: Context) -> None: ...
+
+    assert list(app.workflows["W" * 200].steps) == ["é" * 100]
 
 
 def test_task_and_queue_names_are_checked_too(app: Rstick) -> None:
@@ -229,8 +300,27 @@ def test_task_and_queue_names_are_checked_too(app: Rstick) -> None:
     assert app.workflows == {}
 
 
+def test_event_names_are_checked_at_definition(app: Rstick) -> None:
+    for bad, message in [
+        ("user create", "event name 'user create' contains whitespace"),
+        ("", "event name '' must be a non-empty string"),
+        ("ev\x00", r"event name 'ev\\x00' contains a control character"),
+        (None, "event name None must be a non-empty string"),
+    ]:
+        with pytest.raises(DefinitionError, match=message):
+            app.workflow(on_events=["ok", bad])  # type: ignore[list-item]
+        with pytest.raises(DefinitionError, match=message):
+            app.task(on_events=[bad])  # type: ignore[list-item]
+    # A string is not a list of events: "user:create" would mean 11 one-letter events.
+    with pytest.raises(DefinitionError, match="on_events must be a list of event names"):
+        app.workflow(on_events="user:create")
+    with pytest.raises(DefinitionError, match="on_events must be a list of event names"):
+        app.task(on_events="user:create")
+    assert app.workflows == {}
+
+
 def test_names_with_other_punctuation_are_fine(app: Rstick) -> None:
-    @app.workflow(name="billing:v2.{eu}", queue="q:1")
+    @app.workflow(name="billing:v2.eu", queue="q:1")
     class Flow:
         @app.step(name="fetch.data")
         def a(self, ctx: Context) -> None: ...
@@ -238,7 +328,7 @@ def test_names_with_other_punctuation_are_fine(app: Rstick) -> None:
         @app.step(parents=["fetch.data"], name="née-ß")
         def b(self, ctx: Context) -> None: ...
 
-    assert list(app.workflows["billing:v2.{eu}"].steps) == ["fetch.data", "née-ß"]
+    assert list(app.workflows["billing:v2.eu"].steps) == ["fetch.data", "née-ß"]
 
 
 def test_task_decorator_bare_and_with_options(app: Rstick) -> None:
@@ -269,6 +359,7 @@ def test_retry_delay_doubles_and_is_capped() -> None:
     step = app.workflows["job"].steps["job"]
     assert [step.retry_delay(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
     assert step.retry_delay(30) == 300.0
+    assert step.retry_delay(5000) == 300.0  # 2**4999 is no float: no OverflowError
 
 
 def test_definition_round_trips_through_json(app: Rstick) -> None:

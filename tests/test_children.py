@@ -9,11 +9,12 @@ import time
 from typing import Any
 
 import pytest
-from drive import run, sibling
+from drive import run, run_until_idle, sibling
 
 from rstick import (
     AsyncRunRef,
     Context,
+    PayloadTooLarge,
     Rstick,
     RunFailed,
     RunRef,
@@ -158,6 +159,22 @@ def test_child_without_sticky_is_an_ordinary_run_that_records_its_parent(app: Rs
     run(scenario())
 
 
+def test_a_step_named_c_is_not_taken_for_a_child(app: Rstick) -> None:
+    define(app)
+
+    @app.workflow()
+    class Abc:
+        @app.step()
+        def c(self, ctx: Context) -> str:
+            return ctx.spawn_workflow("Plain").run_id
+
+    parent = app.enqueue("Abc")
+    run_until_idle(app, "w1")
+    child_id = parent.result(timeout=1)["c"]
+    # The step's own fields (c.st, c.a, c.w, c.t0, ...) are not children.
+    assert parent.get().children == [child_id]
+
+
 # -- refusals ------------------------------------------------------------------
 
 
@@ -198,6 +215,19 @@ def test_sticky_child_this_worker_has_not_registered_is_refused_and_nothing_writ
         ctx.spawn_workflow("Remote", {}, sticky=True)
     with pytest.raises(StickyChildError, match="has not registered"):
         run(ctx.aspawn_workflow("Remote", {}, sticky=True))
+    assert snapshot(app) == before
+
+
+def test_a_child_input_over_the_size_limit_is_refused_and_nothing_written(app: Rstick) -> None:
+    app.max_payload_bytes = 100
+    define(app)
+    ctx = context_on(Worker(app, worker_id="w1"))
+    before = snapshot(app)
+    for sticky in (True, False):
+        with pytest.raises(PayloadTooLarge, match=r"^input is 205 bytes packed, over the limit"):
+            ctx.spawn_workflow("Child", {"n": "n" * 200}, sticky=sticky)
+        with pytest.raises(PayloadTooLarge, match="over the limit of 100"):
+            run(ctx.aspawn_workflow("Child", {"n": "n" * 200}, sticky=sticky))
     assert snapshot(app) == before
 
 

@@ -178,6 +178,62 @@ def test_enqueue_wait_gives_up_after_the_timeout(world: World) -> None:
     assert alone.stderr == "rstick: --timeout only applies with --wait\n"
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--delay", "inf"], "--delay must be a finite number of seconds, not inf"),
+        (["--delay", "nan"], "--delay must be a finite number of seconds, not nan"),
+        (["--delay", "-5"], "--delay must be at least 0 seconds, not -5.0"),
+        (["--delay", "1e30"], "--delay must be at most 31536000 seconds (a year), not 1e+30"),
+        (["--wait", "--timeout", "inf"], "--timeout must be a finite number of seconds, not inf"),
+        (["--wait", "--timeout", "0"], "--timeout must be above 0 seconds, not 0.0"),
+    ],
+)
+def test_delay_and_timeout_out_of_bounds_are_one_line_and_exit_2(
+    world: World, args: list[str], message: str
+) -> None:
+    before = world.keys()
+    result = world.invoke("enqueue", "Dag", *args)
+    assert result.exit_code == 2
+    assert result.stderr == f"rstick: {message}\n"
+    assert world.keys() == before
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [(["enqueue", "Dag", "--input"], "--input"), (["emit", "user:create", "--data"], "--data")],
+)
+def test_an_input_over_the_size_limit_is_one_line_and_exit_2(
+    world: World, command: list[str], option: str
+) -> None:
+    before = world.keys()
+    result = world.invoke(*command, json.dumps("x" * (4 * 1024 * 1024)))
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"rstick: {option}: input is 4,194,309 bytes packed, over the limit of 4,194,304 "
+        "(Rstick(max_payload_bytes=...))\n"
+    )
+    assert world.keys() == before
+
+
+def test_a_task_input_that_is_not_keyword_arguments_is_one_line_and_exit_2(
+    world: World,
+) -> None:
+    @world.app.task
+    def job(ctx: Context, n: int) -> int:
+        return n
+
+    world.serve(passes=0)  # registered: the CLI knows it is a task, not its signature
+    before = world.keys()
+    result = world.invoke("enqueue", "job", "--input", "[1, 2]")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "rstick: --input: task 'job' takes a dict of keyword arguments (or None) as input, "
+        "not list\n"
+    )
+    assert world.keys() == before
+
+
 def test_unknown_workflow_exits_non_zero_and_writes_nothing(world: World) -> None:
     before = world.keys()
     result = world.invoke("enqueue", "Nope", "--input", "{}")
@@ -230,6 +286,18 @@ def test_emit_without_listeners_reports_zero_runs(world: World) -> None:
     assert world.app.client.list_runs() == []
 
 
+def test_emit_of_an_event_name_the_layout_cannot_hold_is_one_line_and_exit_2(
+    world: World,
+) -> None:
+    before = world.keys()
+    result = world.invoke("emit", "user\x01create")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "rstick: event name 'user\\x01create' contains a control character (U+0001)\n"
+    )
+    assert world.keys() == before
+
+
 # -- runs --------------------------------------------------------------------
 
 
@@ -255,6 +323,58 @@ def test_runs_show_text(world: World) -> None:
     bad = world.invoke("runs", "show", failed).stdout
     assert re.search(r"^status\s+failed \(step 'explode': ValueError: boom\)$", bad, re.M)
     assert re.search(r"^explode\s+failed\s+w1\s+1\s.*ValueError: boom$", bad, re.M)
+
+
+def test_runs_cancel_cancels_the_run_and_its_unfinished_descendants(world: World) -> None:
+    run_id = run_id_of(world.invoke("enqueue", "Dag"))
+    child = world.app.client.enqueue("Boom", parent=(run_id, "a")).run_id
+    grandchild = world.app.client.enqueue("Boom", parent=(child, "explode")).run_id
+    result = world.invoke("runs", "cancel", run_id)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        f"cancelled {run_id}\ncancelled {child} (descendant)\ncancelled {grandchild} (descendant)\n"
+    )
+    shown = world.invoke("runs", "show", run_id).stdout
+    assert re.search(r"^status\s+cancelled$", shown, re.M)
+    assert re.search(r"^a\s+cancelled\s+-\s+1\s", shown, re.M)
+    assert re.search(r"^b\s+cancelled\s+-\s+0\s", shown, re.M)
+    # Again: it already ended, exit 1, and --json says so too.
+    again = world.invoke("runs", "cancel", run_id, "--json")
+    assert again.exit_code == 1
+    assert json.loads(again.stdout) == {"run_id": run_id, "status": "cancelled", "cancelled": []}
+    assert again.stderr == f"rstick: run {run_id} already ended: cancelled\n"
+
+
+def test_runs_cancel_json_and_keep_children(world: World) -> None:
+    run_id = run_id_of(world.invoke("enqueue", "Dag"))
+    child = world.app.client.enqueue("Boom", parent=(run_id, "a")).run_id
+    result = world.invoke("runs", "cancel", run_id, "--keep-children", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "run_id": run_id,
+        "status": "cancelled",
+        "cancelled": [run_id],
+    }
+    assert world.app.get_run(child).status.value == "queued"
+    # The run has ended; its child has not: it is cancelled, and the exit code
+    # still says the run itself had already ended.
+    later = world.invoke("runs", "cancel", run_id, "--json")
+    assert later.exit_code == 1
+    assert json.loads(later.stdout)["cancelled"] == [child]
+    assert later.stderr == (
+        f"rstick: run {run_id} already ended: cancelled (cancelled 1 unfinished descendants)\n"
+    )
+
+
+def test_runs_cancel_of_an_unknown_run_is_exit_2(world: World) -> None:
+    result = world.invoke("runs", "cancel", "nope")
+    assert result.exit_code == 2
+    assert result.stderr == "rstick: run 'nope' not found\n"
+    finished = run_id_of(world.invoke("enqueue", "Boom"))
+    world.serve()
+    ended = world.invoke("runs", "cancel", finished)
+    assert ended.exit_code == 1
+    assert ended.stderr == f"rstick: run {finished} already ended: failed\n"
 
 
 def test_runs_show_json(world: World) -> None:
@@ -429,6 +549,51 @@ def test_worker_refuses_a_bad_app(spec: str, code: int, message: str) -> None:
     assert result.exit_code == code
     assert result.stderr.startswith(f"rstick: {message}")
     assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--worker-id", "w 1"], "worker id 'w 1' contains whitespace"),
+        (["--worker-id", "{w1}"], "worker id '{w1}' contains '{'"),
+        (["-q", "default", "-q", "a|b"], "queue name 'a|b' contains '|'"),
+    ],
+)
+def test_worker_refuses_an_id_or_queue_the_layout_cannot_hold(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "cli_app_names.py").write_text(
+        "from rstick import Rstick\napp = Rstick(redis_url='redis://127.0.0.1:1/0')\n"
+        "@app.task\ndef job(ctx):\n    return 1\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "cli_app_names", raising=False)
+    result = CliRunner().invoke(cli, ["worker", "cli_app_names:app", *args])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"rstick: {message}")
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--worker-ttl", "nan"], "--worker-ttl must be a finite number of seconds, not nan"),
+        (["--worker-ttl", "inf"], "--worker-ttl must be a finite number of seconds, not inf"),
+        (["--heartbeat", "nan"], "--heartbeat must be a finite number of seconds, not nan"),
+    ],
+)
+def test_worker_refuses_a_heartbeat_or_ttl_out_of_bounds(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "cli_app_ttl.py").write_text(
+        "from rstick import Rstick\napp = Rstick(redis_url='redis://127.0.0.1:1/0')\n"
+        "@app.task\ndef job(ctx):\n    return 1\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "cli_app_ttl", raising=False)
+    result = CliRunner().invoke(cli, ["worker", "cli_app_ttl:app", *args])
+    assert result.exit_code == 2
+    assert result.stderr == f"rstick: {message}\n"
 
 
 def test_worker_imports_the_app_from_the_current_folder(

@@ -11,6 +11,7 @@ from drive import drain, run, run_until_idle, started
 
 from rstick import (
     Context,
+    PayloadTooLarge,
     ResultTimeout,
     Rstick,
     RunFailed,
@@ -99,7 +100,36 @@ def test_non_serializable_input_is_refused_with_its_path_and_writes_nothing(
     with pytest.raises(SerializationError, match=r"input\['x'\]: object is not serializable"):
         app.enqueue_many("add", [{"x": 1, "y": 2}, {"x": object(), "y": 2}])
     with pytest.raises(SerializationError, match="input: set is not serializable"):
-        run(app.aenqueue("add", {1, 2}))
+        run(app.aenqueue("Flow", {1, 2}))
+    assert state() == before
+
+
+def test_an_input_over_the_size_limit_is_refused_and_writes_nothing(
+    app: Rstick, state: Any
+) -> None:
+    assert app.max_payload_bytes == 4 * 1024 * 1024  # the default
+    app.max_payload_bytes = 1000
+    define(app)
+
+    @app.task(on_events=["big"])
+    def listener(ctx: Context, blob: bytes) -> int:
+        return len(blob)
+
+    app.enqueue("add", {"x": 1, "y": 2})
+    app.enqueue("listener", {"blob": b"x" * 900})  # under the limit: taken
+    before = state()
+    big = {"x": 1, "y": "y" * 1000}
+    message = r"^input is 1,009 bytes packed, over the limit of 1,000 \(Rstick\(max_payload_bytes"
+    with pytest.raises(PayloadTooLarge, match=message):
+        app.enqueue("add", big)
+    with pytest.raises(PayloadTooLarge, match=message):
+        app.enqueue_many("add", [{"x": 1, "y": 2}, big])
+    with pytest.raises(PayloadTooLarge, match=message):
+        run(app.aenqueue("add", big))
+    with pytest.raises(PayloadTooLarge, match="over the limit of 1,000"):
+        app.emit("big", {"blob": b"x" * 1000})
+    with pytest.raises(PayloadTooLarge, match="over the limit of 1,000"):
+        run(app.aemit("big", {"blob": b"x" * 1000}))
     assert state() == before
 
 
@@ -189,6 +219,62 @@ def test_delay_goes_to_the_delayed_set(app: Rstick, redis: Any, clock: FakeClock
 
     run(scenario())
     assert ref.result(timeout=1) == 5
+
+
+@pytest.mark.parametrize(
+    ("delay", "message"),
+    [
+        (float("inf"), "delay must be a finite number of seconds, not inf"),
+        (float("nan"), "delay must be a finite number of seconds, not nan"),
+        (1e30, "delay must be at most 31536000 seconds"),
+        ("5", "delay must be a number of seconds, not str '5'"),
+        (-5, "delay must be at least 0 seconds, not -5"),
+        (True, "delay must be a number of seconds, not bool True"),
+    ],
+)
+def test_a_delay_out_of_bounds_is_refused_and_writes_nothing(
+    app: Rstick, state: Any, delay: Any, message: str
+) -> None:
+    define(app)
+    app.enqueue("add", {"x": 1, "y": 1})  # registers the definition
+    before = state()
+    with pytest.raises(ValueError, match=message):
+        app.enqueue("add", {"x": 2, "y": 3}, delay=delay)
+    with pytest.raises(ValueError, match=message):
+        run(app.aenqueue("add", {"x": 2, "y": 3}, delay=delay))
+    assert state() == before
+
+
+def test_a_delay_of_a_year_is_taken(app: Rstick, redis: Any, clock: FakeClock) -> None:
+    define(app)
+    ref = app.enqueue("add", {"x": 2, "y": 3}, delay=365 * 24 * 3600)
+    [(member, due)] = redis.zrange(app.keys.delayed, 0, -1, withscores=True)
+    assert member.startswith(ref.run_id.encode())
+    assert due == clock.ms() + 365 * 24 * 3600 * 1000
+
+
+@pytest.mark.parametrize(
+    ("timeout", "message"),
+    [
+        (0, "timeout must be above 0 seconds, not 0"),
+        (-1, "timeout must be above 0 seconds"),
+        (float("nan"), "timeout must be a finite number of seconds, not nan"),
+        (float("inf"), "timeout must be a finite number of seconds, not inf"),
+        ("1", "timeout must be a number of seconds, not str '1'"),
+    ],
+)
+def test_a_result_timeout_out_of_bounds_is_refused(app: Rstick, timeout: Any, message: str) -> None:
+    define(app)
+    ref = app.enqueue("add", {"x": 2, "y": 3})
+    with pytest.raises(ValueError, match=message):
+        ref.result(timeout=timeout)
+
+    async def wait_async() -> None:
+        aref = await app.aenqueue("add", {"x": 2, "y": 3})
+        await aref.result(timeout=timeout)
+
+    with pytest.raises(ValueError, match=message):
+        run(wait_async())
 
 
 def test_definitions_registered_by_a_worker_serve_another_process(

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from rstick import SerializationError
+from rstick import PayloadTooLarge, SerializationError
 from rstick.codec import pack, unpack
 
 
@@ -118,8 +118,13 @@ def test_every_scalar_is_a_dict_key_and_subclasses_pack_as_their_base() -> None:
 def test_a_cycle_or_deep_nesting_is_refused_with_a_message() -> None:
     loop: list[Any] = []
     loop.append(loop)
-    with pytest.raises(SerializationError, match=r"^input(\[0\])+: nested more than 1024"):
+    with pytest.raises(SerializationError) as info:
         pack(loop, "input")
+    # The start and the end of the path, not a thousand [0]s.
+    assert str(info.value) == (
+        "input[0][0][0][0][0][0]...(1013 more levels)...[0][0][0][0][0][0]: "
+        "nested more than 1024 levels deep (or a cycle)"
+    )
     deep: Any = 1
     for _ in range(1024):
         deep = [deep]
@@ -127,3 +132,41 @@ def test_a_cycle_or_deep_nesting_is_refused_with_a_message() -> None:
     assert len(data) == 1025 and isinstance(unpack(data), list)
     with pytest.raises(SerializationError, match="nested more than 1024 levels deep"):
         pack([deep], "input")
+
+
+def test_a_deep_bad_value_shows_the_ends_of_its_path() -> None:
+    value: Any = {"user": {"history": [object()]}}
+    for _ in range(20):
+        value = [value]
+    with pytest.raises(SerializationError) as info:
+        pack(value, "input")
+    assert str(info.value) == (
+        "input[0][0][0][0][0][0]...(11 more levels)...[0][0][0]['user']['history'][0]: "
+        "object is not serializable"
+    )
+
+
+def test_huge_keys_and_ints_are_shortened_in_messages() -> None:
+    with pytest.raises(SerializationError) as info:
+        pack({"k" * 10_000: {1}}, "input")
+    shown = "input['" + "k" * 56 + "...]: set is not serializable"  # 60 characters of repr
+    assert str(info.value) == shown
+    # A 30,000-digit int has no str() at all (Python's 4,300-digit limit).
+    with pytest.raises(SerializationError, match=r"^input\[0\]: int <int of 100001 bits> is out"):
+        pack([2**100_000], "input")
+    with pytest.raises(SerializationError, match=r"^input: dict key \(1, 'x{52}\.\.\. of type"):
+        pack({(1, "x" * 1000): 1}, "input")
+
+
+def test_a_payload_over_the_limit_is_refused_with_its_size_and_the_limit() -> None:
+    assert unpack(pack(b"x" * 100, "input", max_bytes=102)) == b"x" * 100  # 2-byte header
+    with pytest.raises(PayloadTooLarge) as info:
+        pack(b"x" * 100, "input", max_bytes=101)
+    assert str(info.value) == (
+        "input is 102 bytes packed, over the limit of 101 (Rstick(max_payload_bytes=...))"
+    )
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(
+        PayloadTooLarge, match=r"^output is 5,000,008 bytes packed, over the limit of 4,194,304 "
+    ):
+        pack({"e": "E" * 5_000_000}, "output", max_bytes=4 * 1024 * 1024)

@@ -5,9 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import fakeredis
+import pytest
 from drive import run, run_until_idle, sibling
 
-from rstick import AsyncRunRef, Context, Rstick, RunRef, StickyStrategy, Worker
+from rstick import (
+    AsyncRunRef,
+    Context,
+    Rstick,
+    RunRef,
+    StickyStrategy,
+    TaskInputError,
+    Worker,
+)
 
 
 def define(app: Rstick) -> None:
@@ -126,3 +135,38 @@ def test_aemit_starts_the_runs_and_returns_async_refs(app: Rstick) -> None:
 
     results = run(scenario())
     assert sorted(map(str, results)) == ["audit 3", "{'greet': {'hello': {'id': 3}}}"]
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        (None, "event name None must be a non-empty string"),
+        (b"user:create", "event name b'user:create' must be a non-empty string"),
+        ("", "event name '' must be a non-empty string"),
+        ("user create", "contains whitespace"),
+        ("user:\x00", "contains a control character"),
+    ],
+)
+def test_emit_refuses_an_event_name_instead_of_starting_nothing(
+    app: Rstick, event: Any, message: str
+) -> None:
+    define(app)
+    before = app.client.redis.keys("*")
+    with pytest.raises(ValueError, match=message):
+        app.emit(event, {"id": 1})
+    with pytest.raises(ValueError, match=message):
+        run(app.aemit(event, {"id": 1}))
+    assert app.client.redis.keys("*") == before
+
+
+def test_emit_refused_by_one_listener_starts_none(app: Rstick, state: Any) -> None:
+    """audit is a task: its input must be keyword arguments. Welcome, which takes
+    anything, must not start either when audit refuses the data."""
+    define(app)
+    app.emit("user:create", {"id": 1})  # registers the definitions
+    before = state()
+    with pytest.raises(TaskInputError, match="task 'audit' takes a dict of keyword arguments"):
+        app.emit("user:create", [1, 2])
+    with pytest.raises(TaskInputError, match="task 'audit' cannot take this input"):
+        run(app.aemit("user:create", {"id": 1, "extra": 2}))
+    assert state() == before

@@ -178,5 +178,5 @@ def test_whatever_a_step_raises_it_fails_once_and_its_retries_apply(
         ref.result(timeout=1)
     assert failed.value.error_type == type(exc).__qualname__
     if isinstance(exc, Unprintable):
-        assert failed.value.error_message == "<Unprintable object: str() raised RuntimeError>"
+        assert failed.value.error_message == "<str() of Unprintable raised RuntimeError>"
     assert app.client.history(ref.run_id)[-2]["ev"] == "failed"

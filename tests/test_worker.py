@@ -11,7 +11,16 @@ import pytest
 from clock import FakeClock
 from drive import drain, run, run_until_idle, started
 
-from rstick import Context, Rstick, RunFailed, RunStatus, StepStatus, StickyStrategy, Worker
+from rstick import (
+    Context,
+    Rstick,
+    RunFailed,
+    RunStatus,
+    StepStatus,
+    StickyStrategy,
+    TaskInputError,
+    Worker,
+)
 from rstick.keys import GROUP
 from rstick.reaper import Reaper
 
@@ -167,6 +176,32 @@ def test_a_non_serializable_output_fails_the_step_naming_the_path(app: Rstick) -
     assert app.client.redis.hgetall(app.keys.out(ref.run_id)) == {}
 
 
+def test_an_output_over_the_size_limit_fails_the_step_and_writes_no_output(app: Rstick) -> None:
+    app.max_payload_bytes = 1000
+
+    @app.workflow()
+    class Big:
+        @app.step()
+        def a(self, ctx: Context) -> str:
+            return "x" * ctx.input
+
+        @app.step(parents=["a"])
+        def b(self, ctx: Context) -> None: ...
+
+    small, big = app.enqueue("Big", 900), app.enqueue("Big", 2000)
+
+    run_until_idle(app, "w1")
+    assert small.result(timeout=1) == {"a": "x" * 900, "b": None}
+    with pytest.raises(RunFailed) as info:
+        big.result(timeout=1)
+    assert (info.value.step, info.value.error_type) == ("a", "PayloadTooLarge")
+    assert info.value.error_message == (
+        "output is 2,003 bytes packed, over the limit of 1,000 (Rstick(max_payload_bytes=...))"
+    )
+    assert big.get().step("b").status is StepStatus.WAITING
+    assert app.client.redis.hgetall(app.keys.out(big.run_id)) == {}
+
+
 def test_a_step_raising_cancelled_error_fails_instead_of_hanging(app: Rstick) -> None:
     @app.task
     async def cancels(ctx: Context) -> None:
@@ -223,17 +258,97 @@ def test_a_tasks_input_dict_is_spread_as_keyword_arguments(app: Rstick) -> None:
     refs = [
         app.enqueue("add", {"x": 1, "y": 2}),
         app.enqueue("add", {"x": 1}),
-        app.enqueue("echo", [1, 2]),
-        app.enqueue("echo", "text"),
+        app.enqueue("echo", {"data": [1, 2]}),
         app.enqueue("echo"),
     ]
 
     async def scenario() -> None:
         async with started(app, "w1", concurrency=10) as [w1]:
-            assert await drain(w1) == 5
+            assert await drain(w1) == 4
 
     run(scenario())
-    assert [r.result(timeout=1) for r in refs] == [3, 11, [1, 2], "text", "nothing"]
+    assert [r.result(timeout=1) for r in refs] == [3, 11, [1, 2], "nothing"]
+
+
+def define_strict(app: Rstick, calls: list[str]) -> None:
+    @app.task(retries=3)
+    def add(ctx: Context, x: int, y: int = 10) -> int:
+        calls.append("add")
+        return x + y
+
+    @app.task(retries=3)
+    def own_type_error(ctx: Context) -> None:
+        calls.append("own_type_error")
+        len(5)  # type: ignore[arg-type]  # the task's own TypeError: retried
+
+
+@pytest.mark.parametrize(
+    ("input", "message"),
+    [
+        (
+            {"x": 1, "z": 2},
+            "task 'add' cannot take this input: got an unexpected keyword argument 'z'",
+        ),
+        ({"y": 2}, "task 'add' cannot take this input: missing a required argument: 'x'"),
+        (None, "task 'add' cannot take this input: missing a required argument: 'x'"),
+        (
+            {"x": 1, "ctx": 2},
+            "task 'add' cannot take this input: multiple values for argument 'ctx'",
+        ),
+        ([1, 2], r"task 'add' takes a dict of keyword arguments \(or None\) as input, not list"),
+        ("text", "as input, not str"),
+        (5, "as input, not int"),
+        ({1: "x"}, "as input, not a dict with non-str keys"),
+    ],
+)
+def test_a_task_input_its_function_cannot_take_is_refused_at_enqueue(
+    app: Rstick, state: Any, input: Any, message: str
+) -> None:
+    define_strict(app, [])
+    app.enqueue("add", {"x": 1})
+    before = state()
+    with pytest.raises(TaskInputError, match=message):
+        app.enqueue("add", input)
+    with pytest.raises(TaskInputError, match=message):
+        run(app.aenqueue("add", input))
+    with pytest.raises(TaskInputError, match=message):
+        app.enqueue_many("add", [{"x": 1}, input])
+    assert state() == before
+    assert isinstance(TaskInputError("x"), TypeError)
+
+
+def test_a_task_input_that_does_not_bind_fails_at_once_on_the_worker(
+    app: Rstick, other_app: Rstick, clock: FakeClock
+) -> None:
+    """A client without the code cannot check the signature: the worker binds
+    before calling, and fails the step at once, without its retries."""
+    calls: list[str] = []
+    define_strict(app, calls)
+    run_until_idle(app, "w1")  # registers the definitions
+    unknown_kwarg = other_app.enqueue("add", {"x": 1, "z": 2})
+    with pytest.raises(TaskInputError, match="not list"):  # checked without the code, too
+        other_app.enqueue("add", [1, 2])
+    own = app.enqueue("own_type_error")
+
+    async def scenario() -> None:
+        async with started(app, "w1") as [w1]:
+            await drain(w1)
+            assert await skip_ahead(w1, clock) == 1  # only own_type_error's retry
+            await drain(w1)
+
+    run(scenario())
+    with pytest.raises(RunFailed) as info:
+        unknown_kwarg.result(timeout=1)
+    assert info.value.error_type == "TaskInputError"
+    assert info.value.error_message == (
+        "task 'add' cannot take this input: got an unexpected keyword argument 'z'"
+    )
+    step = unknown_kwarg.get().steps[0]
+    assert (step.status, step.attempts) == (StepStatus.FAILED, 1)
+    assert calls.count("add") == 0  # never called
+    # The task's own TypeError takes its retries: ran twice, a third attempt due.
+    assert calls.count("own_type_error") == 2
+    assert own.get().steps[0].status is StepStatus.RETRYING
 
 
 def test_the_context_describes_the_step(app: Rstick) -> None:
@@ -402,7 +517,7 @@ def test_a_corrupt_input_fails_the_step_and_is_dead_lettered(app: Rstick) -> Non
     def job(ctx: Context) -> None:
         raise AssertionError("never called")
 
-    ref = app.enqueue("job", {"x": 1})
+    ref = app.enqueue("job")
     app.client.redis.hset(app.keys.run(ref.run_id), "input", b"\xc1")  # not msgpack
 
     run_until_idle(app, "w1")
@@ -508,3 +623,28 @@ def test_backoff_names_the_url_and_a_refused_login_is_not_retried(
     assert str(refused.value) == (
         "cannot log in to Redis at redis://:***@127.0.0.1:6390/0: wrong password"
     )
+
+
+# -- names ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("worker_id", "message"),
+    [
+        ("", "worker id '' must be a non-empty string"),
+        ("w 1", "worker id 'w 1' contains whitespace"),
+        ("w\x00", "contains a control character"),
+        ("{w}", "contains '{'"),
+        ("w" * 201, "over the limit of 200"),
+    ],
+)
+def test_a_worker_id_the_layout_cannot_hold_is_refused(
+    app: Rstick, worker_id: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Worker(app, worker_id=worker_id)
+
+
+def test_a_queue_name_the_layout_cannot_hold_is_refused(app: Rstick) -> None:
+    with pytest.raises(ValueError, match="queue name 'a b' contains whitespace"):
+        Worker(app, worker_id="w1", queues=["default", "a b"])

@@ -10,11 +10,16 @@
 --          The steps dispatched now: every root of a run pinned at creation (a sticky
 --          child) to its worker's stream; the first root of an unpinned sticky run,
 --          and every root of any other run, to the shared queue.
--- Returns  "ok", "exists" (same run id enqueued before: nothing written) or
---          "unknown" (no such workflow: nothing written).
+-- Returns  "ok", "exists" (same run id enqueued before: nothing written),
+--          "unknown" (no such workflow: nothing written) or "parent cancelled" (a
+--          step of a cancelled run spawning a child: nothing written, as the
+--          cancel of that run may have listed its children already).
 local p, run_id, wf, queue, pin_to = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local parent_run, parent_step, delay = ARGV[6], ARGV[7], tonumber(ARGV[8])
 if redis.call('HEXISTS', KEYS[1], wf) == 0 then return 'unknown' end
+if parent_run ~= '' and redis.call('HGET', run_key(p, parent_run), 'status') == 'cancelled' then
+  return 'parent cancelled'
+end
 local rk = run_key(p, run_id)
 if redis.call('EXISTS', rk) == 1 then return 'exists' end
 
@@ -43,9 +48,10 @@ end
 if parent_run ~= '' then
   created[#created + 1] = 'parent'
   created[#created + 1] = parent_run .. '/' .. parent_step
-  -- An expired parent is not created again as a hash without a TTL.
+  -- An expired parent is not created again as a hash without a TTL. 'c|': a step's
+  -- own fields are '<step>.<what>', and a step may be named c.
   if redis.call('EXISTS', run_key(p, parent_run)) == 1 then
-    redis.call('HSET', run_key(p, parent_run), 'c.' .. run_id, parent_step)
+    redis.call('HSET', run_key(p, parent_run), 'c|' .. run_id, parent_step)
   end
 end
 history(p, run_id, unpack(created))
