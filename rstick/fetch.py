@@ -31,6 +31,7 @@ class Fetcher:
         client: Any,
         keys: Keys,
         worker_id: str,
+        instance: str,
         streams: list[str],
         serves: str,
         dead_maxlen: int,
@@ -41,6 +42,7 @@ class Fetcher:
         self.client = client
         self.keys = keys
         self.worker_id = worker_id
+        self.instance = instance
         self.streams = streams
         self.serves = serves
         self.dead_maxlen = dead_maxlen
@@ -66,7 +68,7 @@ class Fetcher:
         return [Claim.from_reply(r) for r in replies], live
 
     def take_args(self, free: int, marks: list[Any] | None, want_marks: bool) -> list[Any]:
-        args: list[Any] = [self.keys.prefix, self.worker_id, self.serves, free]
+        args: list[Any] = [self.keys.prefix, self.worker_id, self.instance, self.serves, free]
         args += ["1" if want_marks else "", self.dead_maxlen]
         for i, stream in enumerate(self.streams):
             args += [stream, marks[i] if marks else ""]

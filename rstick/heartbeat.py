@@ -24,13 +24,14 @@ from .outage import AUTH_ERRORS, describe_outage, is_outage
 log = logging.getLogger("rstick.worker")
 
 BeatResult = str | tuple[str, str, str]
+FIRST_RETRY = 0.1  # seconds before a failed beat is tried again; it doubles, up to interval
 
 
 class Heartbeat:
     def __init__(
         self,
         *,
-        beat: Callable[[bool], Any],
+        beat: Callable[[str], Any],
         interval: float,
         loop: asyncio.AbstractEventLoop,
         on_beat: Callable[[BeatResult], None],
@@ -38,52 +39,77 @@ class Heartbeat:
         where: str,
         name: str,
     ) -> None:
-        """``beat(grace)`` runs beat.lua once (see Worker._beat_call)."""
+        """``beat(grace_since)`` runs beat.lua once (see Worker._beat_call)."""
         self._beat = beat
         self.interval = interval
         self._loop = loop
         self._on_beat = on_beat
         self._on_fatal = on_fatal
         self._where = where
-        self.grace = threading.Event()  # Redis was unavailable: the next beat grants grace
-        self.beaten = threading.Event()  # a beat succeeded since the last outage
+        self._lock = threading.Lock()
+        # Outages seen by any part of the worker, and how many the last good beat
+        # answered with grace: the next beat grants grace while they differ.
+        self._outages = 0
+        self._answered = 0
+        self._last_ok_redis_ms = 0  # Redis time of the last good beat (or the join)
+        self.last_ok = 0.0  # time.monotonic() of the last good beat
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         # When the event loop last ran a callback of ours: to say when a step blocks it.
         self._loop_seen = time.monotonic()
         self._blocked_logged = 0.0
 
-    def start(self) -> None:
+    def start(self, joined_ms: int) -> None:
+        """Beat from now on; ``joined_ms``: the Redis time the worker joined at."""
+        self._last_ok_redis_ms = joined_ms
+        self.last_ok = time.monotonic()
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop beating; with ``timeout``, wait that long for a beat in flight to end."""
         self._stop.set()
+        if timeout is not None and self._thread.is_alive():
+            self._thread.join(timeout)
 
     def outage(self) -> None:
-        """Another part of the worker found Redis unavailable: grace on the next beat,
-        and no reaping until then."""
-        self.grace.set()
-        self.beaten.clear()
+        """Some part of the worker found Redis unavailable: the next good beat grants
+        grace (beat.lua), and the worker judges no other until then."""
+        with self._lock:
+            self._outages += 1
+
+    @property
+    def grace_pending(self) -> bool:
+        with self._lock:
+            return self._outages != self._answered
+
+    def recent(self, now: float) -> bool:
+        """Whether a beat succeeded within the last two intervals, with no outage
+        unanswered since: the worker may judge others."""
+        return now - self.last_ok < 2 * self.interval and not self.grace_pending
 
     def _run(self) -> None:
         delay = 0.0
         failures = 0
         while not self._stop.wait(delay):
             self._watch_loop()
+            with self._lock:
+                outages = self._outages
+                grace = outages != self._answered
+            since = str(self._last_ok_redis_ms) if grace else ""
             try:
-                grace = self.grace.is_set()
-                raw = self._beat(grace)
+                raw = self._beat(since)
             except AUTH_ERRORS as exc:
                 self._call_soon(self._on_fatal, exc)
                 return
             except Exception as exc:
-                if not is_outage(exc):
+                if is_outage(exc):
+                    self.outage()
+                else:
                     log.exception("heartbeat failed")
-                self.outage()
                 failures += 1
                 # Retry no slower than the heartbeat: once Redis is back, every worker
                 # beats again within one heartbeat.
-                delay = min(0.1 * 2 ** min(failures, 10), self.interval)
+                delay = min(FIRST_RETRY * 2 ** min(failures, 10), self.interval)
                 log.warning(
                     "redis unavailable at %s (%s); heartbeat retrying in %.1fs",
                     self._where,
@@ -93,11 +119,12 @@ class Heartbeat:
                 continue
             failures = 0
             delay = self.interval
-            if grace:
-                self.grace.clear()
-            result = _result(raw)
-            if result == "ok":
-                self.beaten.set()
+            result = result_of(raw)
+            if isinstance(raw, list) and result == "ok":
+                with self._lock:
+                    self._answered = outages  # an outage seen meanwhile waits its turn
+                self._last_ok_redis_ms = int(raw[1])
+                self.last_ok = time.monotonic()
             self._call_soon(self._on_beat, result)
 
     def _call_soon(self, fn: Callable[[Any], None], arg: Any) -> None:
@@ -123,8 +150,11 @@ class Heartbeat:
         self._loop_seen = time.monotonic()
 
 
-def _result(raw: Any) -> BeatResult:
+def result_of(raw: Any) -> BeatResult:
+    """beat.lua's reply as the worker reads it."""
     if isinstance(raw, list):
+        if _text(raw[0]) == "ok":
+            return "ok"
         return ("taken", _text(raw[1]), _text(raw[2]))
     return _text(raw)
 

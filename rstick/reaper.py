@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rstick.reaper")
 
-Mode = Literal["dead", "restart"]
+Mode = Literal["dead", "restart", "recover"]
 BATCH = 100
 MAX_ROUNDS = 1000  # bounded loops: 100,000 entries per stream per pass
 DEAD_PER_PASS = 100  # dead workers settled per pass; the next pass takes the rest
@@ -103,6 +103,7 @@ class Reaper:
             }
         )
         self._suspects: dict[str, bytes] = {}  # run id -> its last history id, last sweep
+        self._dead_offset = 0  # where the next page of dead workers starts (lead.lua)
         self._next_sweep = time.monotonic() + ORPHAN_SWEEP_SECONDS
         self._timeout = pack(
             {
@@ -130,10 +131,19 @@ class Reaper:
         ttl = int(self.app.heartbeat * 3000)
         got = await self.scripts.lead(
             keys=[self.keys.leader],
-            args=[self.keys.prefix, self.worker_id if lead else "", ttl, DEAD_PER_PASS],
+            args=[
+                self.keys.prefix,
+                self.worker_id if lead else "",
+                ttl,
+                self._dead_offset,
+                DEAD_PER_PASS,
+            ],
         )
         if not got:
             return report
+        # A full page: the next pass looks at the next one (see lead.lua); else from
+        # the start again.
+        self._dead_offset = self._dead_offset + DEAD_PER_PASS if len(got) > DEAD_PER_PASS else 0
         for raw in got[1:]:
             worker = raw.decode()
             report.dead_workers.append(worker)
@@ -159,7 +169,7 @@ class Reaper:
         report = report if report is not None else ReapReport()
         if not await self._runs(worker, mode, report):
             return report
-        queues = await self._queues(worker)
+        queues = await self._queues(worker, mode)
         streams = [self.keys.personal(worker), *(self.keys.queue(q) for q in queues)]
         for stream in streams:
             for _ in range(MAX_ROUNDS):
@@ -232,8 +242,9 @@ class Reaper:
         self, worker: str, stream: str, ids: list[bytes], report: ReapReport
     ) -> None:
         """Dispatch again entries pending on a live ``worker`` that it is not running
-        (their reply was lost with the connection): as at a restart."""
-        await self._entries(worker, stream, "pending", "restart", ids, report)
+        (their reply was lost with the connection): at the same attempt, as their steps
+        never started."""
+        await self._entries(worker, stream, "pending", "recover", ids, report)
 
     async def _entries(
         self,
@@ -322,15 +333,17 @@ class Reaper:
             chunk = candidates[start : start + BATCH]
             pipe = self.redis.pipeline(transaction=False)
             for run in chunk:
-                pipe.hmget(self.keys.run(run), "status", "sticky", "worker", "parked", "waiting")
+                pipe.hmget(
+                    self.keys.run(run), "status", "sticky", "worker", "parked", "waiting", "follows"
+                )
                 pipe.xrevrange(self.keys.hist(run), count=1)
             replies = await pipe.execute()
             for n, run in enumerate(chunk):
-                status, sticky, worker, parked, waiting = replies[2 * n]
+                status, sticky, worker, parked, waiting, follows = replies[2 * n]
                 last = replies[2 * n + 1]
                 pinned = sticky not in (None, b"none") and bool(worker)
                 active = status in (b"queued", b"running")
-                if active and last and not (pinned or parked or waiting):
+                if active and last and not (pinned or parked or waiting or follows):
                     suspects[run] = last[0][0]
         for run, fingerprint in suspects.items():
             if self._suspects.get(run) != fingerprint:
@@ -348,6 +361,9 @@ class Reaper:
         queues = {
             WorkflowDef.from_json(raw).queue for raw in await self.redis.hvals(self.keys.workflows)
         }
+        for worker in await self.redis.zrange(self.keys.workers, 0, -1):
+            raw = await self.redis.hget(self.keys.worker(worker.decode()), "queues")
+            queues |= set(raw.decode().split()) if raw else set()
         workers = [w.decode() for w in await self.redis.zrange(self.keys.workers, 0, -1)]
         waiting = [w.decode() for w in await self.redis.smembers(self.keys.waiting)]
         streams = [self.keys.queue(q) for q in sorted(queues)]
@@ -387,12 +403,14 @@ class Reaper:
                 break
         return out
 
-    async def _queues(self, worker: str) -> list[str]:
-        """The queues the worker read: from its record, else every queue known."""
+    async def _queues(self, worker: str, mode: Mode) -> list[str]:
+        """The queues where the worker may hold entries: those of its record; at a
+        restart, also every queue known (the process before may have read other
+        queues than this one, or served workflows this one lacks)."""
         raw = await self.redis.hget(self.keys.worker(worker), "queues")
-        if raw:
-            return list(raw.decode().split())
-        names = {wf.queue for wf in self.app.workflows.values()}
-        for raw_def in (await self.redis.hvals(self.keys.workflows)) or ():
-            names.add(WorkflowDef.from_json(raw_def).queue)
+        names = set(raw.decode().split()) if raw else set()
+        if mode == "restart" or not names:
+            names |= {wf.queue for wf in self.app.workflows.values()}
+            for raw_def in (await self.redis.hvals(self.keys.workflows)) or ():
+                names.add(WorkflowDef.from_json(raw_def).queue)
         return sorted(names) or ["default"]

@@ -36,7 +36,7 @@ from .backoff import Backoff
 from .credentials import hide_password, login_failure
 from .errors import LoginFailed, WorkerIdInUse
 from .fetch import Fetcher
-from .heartbeat import BeatResult, Heartbeat
+from .heartbeat import BeatResult, Heartbeat, result_of
 from .keys import GROUP
 from .names import check_name
 from .outage import AUTH_ERRORS, describe_outage, is_outage
@@ -54,6 +54,7 @@ TICK = 0.1  # seconds between moves of due delayed entries
 STOP_GRACE = 5.0  # seconds the loops have to end once cancelled, at stop
 MAX_COMPLETE_BATCH = 500  # outcomes per complete script call
 RECOVER_BATCH = 1000  # pending entries looked at per stream by recover_stranded
+DUE_BATCH = 100  # delayed (and waiting) entries moved per tick
 
 
 def default_worker_id() -> str:
@@ -97,7 +98,13 @@ class Worker:
         self._serves = " " + " ".join(app.workflows) + " "
         self.threads = StepThreads(f"rstick-{self._id}")
         self.fetcher = Fetcher(
-            app.client, self.keys, self._id, self.streams, self._serves, app.dead_maxlen
+            app.client,
+            self.keys,
+            self._id,
+            self.instance,
+            self.streams,
+            self._serves,
+            app.dead_maxlen,
         )
         # Steps abandoned by their timeout and still running (a thread cannot be
         # killed; a coroutine may ignore its cancel): past max_hung, the worker stops.
@@ -125,6 +132,10 @@ class Worker:
         self._stop_requested = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.heartbeat: Heartbeat | None = None
+        self._beating = False  # the heartbeat thread runs
+        self._draining: asyncio.Task[None] | None = None
+        self._beat_ms = 0  # Redis time of this worker's last good beat (or its join)
+        self._started_at = time.monotonic()
         self.reaper = Reaper(app, self._id)
 
     def id(self) -> str:
@@ -172,8 +183,12 @@ class Worker:
         process with the same id left: its parked HARD runs, its pending entries."""
         self._loop = asyncio.get_running_loop()
         await check_server_once(self, self.redis, allow_eviction=self.allow_eviction)
-        await self.join()
+        joined_ms = await self.join()
+        if self.heartbeat is not None and not self._beating:
+            self.heartbeat.start(joined_ms)  # beating while it takes back what it held
+            self._beating = True
         report = await self.reaper.reap_worker(self._id, "restart")
+        self._started_at = time.monotonic()
         if report:
             log.info("worker %s took back what it held before: %s", self._id, report.summary())
         self.live.set()
@@ -181,16 +196,18 @@ class Worker:
             "worker %s started: queues %s, concurrency %d", self._id, self.queues, self.concurrency
         )
 
-    async def join(self) -> None:
+    async def join(self) -> int:
         """Write this worker's record and heartbeat (join.lua), its workflows and its
-        stream groups. Another live process with the same id is waited for, up to its
-        ttl and a heartbeat (a worker restarted right after a crash must get its id
-        back); if it still beats then, WorkerIdInUse."""
+        stream groups; returns the Redis time it joined at. Another live process with
+        the same id is waited for, up to its ttl and a heartbeat (a worker restarted
+        right after a crash must get its id back); if it still beats then,
+        WorkerIdInUse."""
         give_up = time.monotonic() + self.app.worker_ttl + self.app.heartbeat
         waited = False
         while True:
             reply = await self.scripts.join(keys=[self.keys.workflows], args=self._join_args())
-            if not isinstance(reply, list):
+            if text(reply[0]) == "ok":
+                self._beat_ms = int(reply[1])
                 break
             _, pid, host, left_ms = reply
             holder = f"pid {text(pid)} on {text(host)}"
@@ -212,6 +229,7 @@ class Worker:
             for event in wf.on_events:
                 pipe.sadd(self.keys.event(event), wf.name)
         await pipe.execute()
+        return self._beat_ms
 
     def _join_args(self) -> list[Any]:
         record = {
@@ -235,23 +253,16 @@ class Worker:
 
     async def _create_groups(self) -> None:
         for stream in self.streams:
-            with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
+            try:
                 await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):  # it exists: fine; anything else is not
+                    raise
 
     async def main(self) -> None:
         """Start (waiting for Redis if it is down), serve until a stop is
         requested, drain, hand off."""
         backoff = Backoff("start", self.where)
-        while not self.stopping:
-            try:
-                await self.start()
-                break
-            except Exception as exc:
-                if not (is_outage(exc) or isinstance(exc, AUTH_ERRORS)):
-                    raise
-                await backoff.wait(exc)  # a refused login raises LoginFailed
-        else:
-            return
         # Its commands give up within a heartbeat: a stuck connection is no beat.
         beat_client, self._beat_scripts = self.app.client.dedicated(self.app.heartbeat)
         self.heartbeat = Heartbeat(
@@ -263,7 +274,20 @@ class Worker:
             where=self.where,
             name=f"rstick-{self._id}-heartbeat",
         )
-        self.heartbeat.start()
+        outage = False
+        while not self.stopping:
+            try:
+                await self.start()
+                break
+            except Exception as exc:
+                if not (is_outage(exc) or isinstance(exc, AUTH_ERRORS)):
+                    raise
+                outage = True
+                await backoff.wait(exc)  # a refused login raises LoginFailed
+        else:
+            return
+        if outage:  # every deadline may have gone by meanwhile: its first beat gives grace
+            self.heartbeat.outage()
         loops = [
             asyncio.create_task(self._fetch_loop(), name="fetch"),
             asyncio.create_task(self._complete_loop(), name="complete"),
@@ -282,7 +306,7 @@ class Worker:
             if self._fatal is not None:
                 raise self._fatal
         finally:
-            self.heartbeat.stop()
+            self.heartbeat.stop(timeout=self.app.heartbeat)
             if beat_client is not self.app.client.redis:
                 beat_client.close()
 
@@ -301,6 +325,12 @@ class Worker:
         self.stopping = True
         self._stop_requested.set()
         self._wake.set()
+        if self._loop is not None:  # others forward it no more work (capable_worker)
+            self._draining = self._loop.create_task(self._mark_draining())
+
+    async def _mark_draining(self) -> None:
+        with contextlib.suppress(Exception):  # best effort: an outage must not stop the stop
+            await self.redis.hset(self.keys.worker(self._id), "draining", "1")
 
     def _on_signal(self) -> None:
         """SIGINT or SIGTERM: drain; a second one exits at once."""
@@ -385,7 +415,12 @@ class Worker:
         """Leave as the reaper would find us dead: SOFT runs go back to the shared
         queue now, HARD runs stay parked for our return, and the worker's record
         goes once nothing of it is left."""
-        await self.redis.zadd(self.keys.workers, {self._id: 0})
+        if self.heartbeat is not None:  # a beat landing now would undo the hand-off
+            self.heartbeat.stop(timeout=self.app.heartbeat)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(self.keys.workers, {self._id: 0})
+        pipe.hset(self.keys.worker(self._id), "deadline", 0)
+        await pipe.execute()
         report = await self.reaper.reap_worker(self._id, "dead")
         log.info(
             "worker %s stopped after %s (%s)",
@@ -396,24 +431,24 @@ class Worker:
 
     # -- the heartbeat -------------------------------------------------------
 
-    def _beat_call(self, grace: bool) -> Any:
+    def _beat_call(self, grace_since: str) -> Any:
         """beat.lua once, on the heartbeat thread's own connection."""
-        return self._beat_scripts.beat(keys=[self.keys.workflows], args=self._beat_args(grace))
+        args = self._beat_args(grace_since)
+        return self._beat_scripts.beat(keys=[self.keys.workflows], args=args)
 
-    def _beat_args(self, grace: bool) -> list[Any]:
-        return [
-            self.keys.prefix,
-            self._id,
-            self.instance,
-            self._ttl_ms,
-            len(self.running),
-            "1" if grace else "",
-        ]
+    def _beat_args(self, grace_since: str) -> list[Any]:
+        running = len(self.running)
+        return [self.keys.prefix, self._id, self.instance, self._ttl_ms, running, grace_since]
 
     async def beat(self, grace: bool = False) -> None:
-        """One heartbeat from the event loop (the thread does this in a running worker)."""
-        reply = await self.scripts.beat(keys=[self.keys.workflows], args=self._beat_args(grace))
-        self._on_beat(reply if isinstance(reply, str) else _beat_result(reply))
+        """One heartbeat from the event loop (the thread does this in a running worker);
+        ``grace``: as the first beat after an outage."""
+        since = str(self._beat_ms) if grace else ""
+        reply = await self.scripts.beat(keys=[self.keys.workflows], args=self._beat_args(since))
+        result = result_of(reply)
+        if result == "ok":
+            self._beat_ms = int(reply[1])
+        self._on_beat(result)
 
     def _on_beat(self, result: BeatResult) -> None:
         """What a heartbeat learned, on the event loop."""
@@ -498,7 +533,6 @@ class Worker:
                     log.warning("stream group missing (Redis lost its data?): creating it again")
                     with contextlib.suppress(Exception):
                         await self._create_groups()
-                    continue
                 else:  # a bug must not stop a worker that still beats
                     log.exception("fetch failed")
                 await backoff.wait(exc)
@@ -545,10 +579,13 @@ class Worker:
             self.heartbeat.outage()
 
     def _trusted(self) -> bool:
-        """Whether this worker may judge others: it beat since it last saw Redis
-        unavailable, and that beat gave every worker its ttl again (beat.lua's grace)."""
-        hb = self.heartbeat
-        return hb is not None and hb.beaten.is_set() and not hb.grace.is_set()
+        """Whether this worker may judge others: it beat within two heartbeats, that
+        beat answered every outage it saw with grace (beat.lua), and it has been up for
+        a ttl and a heartbeat (one that starts right after an outage must give the
+        others time to beat again first)."""
+        hb, now = self.heartbeat, time.monotonic()
+        settled = now - self._started_at >= self.app.worker_ttl + self.app.heartbeat
+        return hb is not None and settled and hb.recent(now)
 
     async def run_once(self) -> int:
         """One non-blocking pass, for tests: move due, fetch, run to the end, complete.
@@ -567,15 +604,10 @@ class Worker:
     async def move_due(self) -> int:
         """Due delayed entries to their streams, waiting entries this worker can run to
         its own; returns how many moved."""
+        serves = "" if self.stopping else self._serves  # a draining worker adopts nothing
         moved, adopted = await self.scripts.due(
             keys=[self.keys.workflows],
-            args=[
-                self.keys.prefix,
-                100,
-                self._id,
-                self._serves,
-                " " + " ".join(self.queues) + " ",
-            ],
+            args=[self.keys.prefix, DUE_BATCH, self._id, serves, " " + " ".join(self.queues) + " "],
         )
         if adopted:
             log.info("took over %s waiting for this worker's code", plural(adopted, "step"))
@@ -642,7 +674,9 @@ class Worker:
                     self._flushing = []
                 for item, reply in zip(batch, replies, strict=True):
                     result = text(reply)
-                    if result.startswith("refused"):
+                    if result == "refused: no such run":  # expired, or retention 0 and resent
+                        log.info("completion of %s/%s: its run is gone", item[3], item[4])
+                    elif result.startswith("refused"):
                         log.warning("completion of %s/%s %s", item[3], item[4], result)
                     elif result == "applied before":
                         log.debug("completion of %s/%s was applied before", item[3], item[4])
@@ -702,12 +736,6 @@ class Worker:
             apply()
         else:
             loop.call_soon_threadsafe(apply)
-
-
-def _beat_result(raw: Any) -> BeatResult:
-    if isinstance(raw, list):
-        return ("taken", text(raw[1]), text(raw[2]))
-    return text(raw)
 
 
 async def _cancel(*tasks: asyncio.Task[Any]) -> None:

@@ -35,7 +35,7 @@ async def started(app: Rstick, *ids: str, concurrency: int = 4) -> AsyncIterator
             w.threads.shutdown()
             # The process is gone: its heartbeat has lapsed, and the same id may start
             # again at once (the clock does not move by itself in these tests).
-            await w.redis.zadd(w.keys.workers, {w.id(): 0})
+            await stop_beating(w.app, w.id())
 
 
 async def drain(*workers: Worker, max_rounds: int = 50) -> int:
@@ -50,6 +50,13 @@ async def drain(*workers: Worker, max_rounds: int = 50) -> int:
             return total
         total += handled
     raise AssertionError(f"workers still busy after {max_rounds} rounds")
+
+
+async def stop_beating(app: Rstick, worker_id: str) -> None:
+    """The worker's heartbeat deadline is long past, as if its process died (in its
+    record, which the scripts judge, and in the index of workers)."""
+    await app.client.aredis.zadd(app.keys.workers, {worker_id: 1})
+    await app.client.aredis.hset(app.keys.worker(worker_id), "deadline", 1)
 
 
 def sibling(app: Rstick) -> Rstick:

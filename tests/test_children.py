@@ -9,7 +9,8 @@ import time
 from typing import Any
 
 import pytest
-from drive import run, run_until_idle, sibling
+from clock import FakeClock
+from drive import run, run_until_idle, sibling, stop_beating
 
 from rstick import (
     AsyncRunRef,
@@ -682,7 +683,7 @@ def test_a_sticky_child_moves_with_its_soft_parent(app: Rstick, kid: str) -> Non
         await w1.run_once()  # spawn ran on w1: the child is pinned there, not yet run
         spawned = app.get_run(parent.run_id).children
         assert len(spawned) == 1 and app.get_run(spawned[0]).worker == "w1"
-        await app.client.aredis.zadd(app.keys.workers, {"w1": 0})  # w1 dies
+        await stop_beating(app, "w1")  # w1 dies
         report = await Reaper(app, "w2").reap(lead=False)
         assert report.runs["reassigned"] == [parent.run_id]
         assert report.runs["follows parent"] == spawned
@@ -709,7 +710,7 @@ def test_a_sticky_child_of_a_hard_parent_parks_with_it(app: Rstick) -> None:
         await w1.start()
         await w1.run_once()
         [kid_id] = app.get_run(parent.run_id).children
-        await app.client.aredis.zadd(app.keys.workers, {"w1": 0})
+        await stop_beating(app, "w1")
         report = await Reaper(app, "x").reap(lead=False)
         assert sorted(report.runs["parked"]) == sorted([parent.run_id, kid_id])
         w2 = Worker(app, worker_id="w2")
@@ -725,3 +726,85 @@ def test_a_sticky_child_of_a_hard_parent_parks_with_it(app: Rstick) -> None:
     assert parent.result(timeout=1)["use"] == "w1"
     [kid_id] = app.get_run(parent.run_id).children
     assert RunRef(app.client, kid_id).result(timeout=1) == {"work": "w1"}
+
+
+def test_nested_sticky_children_all_move_with_their_soft_grandparent(
+    app: Rstick, clock: FakeClock
+) -> None:
+    """G spawns P, P spawns C, all sticky on w1; w1 dies: G moves, and P and C follow
+    it to its next worker, whatever order the reaper met them in."""
+
+    @app.workflow(sticky=StickyStrategy.SOFT)
+    class Leaf:
+        @app.step()
+        def work(self, ctx: Context) -> str:
+            return ctx.worker.id()
+
+    @app.workflow(sticky=StickyStrategy.SOFT)
+    class Mid:
+        @app.step()
+        def spawn(self, ctx: Context) -> str:
+            return ctx.spawn_workflow("Leaf", None, sticky=True).run_id
+
+        @app.step(parents=["spawn"])
+        def after(self, ctx: Context) -> str:
+            return ctx.worker.id()
+
+    @app.workflow(sticky=StickyStrategy.SOFT)
+    class Top:
+        @app.step()
+        def spawn(self, ctx: Context) -> str:
+            return ctx.spawn_workflow("Mid", None, sticky=True).run_id
+
+        @app.step(parents=["spawn"], retries=1, backoff=0.001)
+        def after(self, ctx: Context) -> str:
+            if ctx.attempt == 1:
+                raise RuntimeError("its own retry must not be held")
+            return ctx.worker.id()
+
+    top = app.enqueue("Top")
+
+    async def scenario() -> None:
+        w1, w2 = Worker(app, worker_id="w1", concurrency=1), Worker(app, worker_id="w2")
+        await w1.start()
+        await w2.start()
+        for _ in range(2):  # Top/spawn, then Mid/spawn: both pinned to w1
+            await w1.run_once()
+        await stop_beating(app, "w1")
+        await Reaper(app, "w2").reap(lead=False)
+        for _ in range(12):
+            await w2.beat()
+            await w2.run_once()
+            clock.advance(0.01)  # the retry's backoff
+
+    run(scenario())
+    assert top.result(timeout=1)["after"] == "w2"
+    [mid_id] = app.get_run(top.run_id).children
+    assert RunRef(app.client, mid_id).result(timeout=1)["after"] == "w2"
+    [leaf_id] = app.get_run(mid_id).children
+    assert RunRef(app.client, leaf_id).result(timeout=1) == {"work": "w2"}
+
+
+def test_followers_of_a_parent_that_ends_before_its_next_worker_are_let_go(
+    app: Rstick,
+) -> None:
+    define_family(app, StickyStrategy.SOFT)
+    parent = app.enqueue("Family", "SoftKid")
+
+    async def scenario() -> None:
+        w1 = Worker(app, worker_id="w1", concurrency=1)
+        await w1.start()
+        await w1.run_once()
+        await stop_beating(app, "w1")
+        await Reaper(app, "x").reap(lead=False)  # the child now follows its parent
+        [kid_id] = app.get_run(parent.run_id).children
+        assert app.get_run(kid_id).worker is None
+        app.cancel(parent.run_id, children=False)  # the parent ends before any pin
+        w2 = Worker(app, worker_id="w2")
+        await w2.start()
+        for _ in range(3):
+            await w2.run_once()
+
+    run(scenario())
+    [kid_id] = app.get_run(parent.run_id).children
+    assert RunRef(app.client, kid_id).result(timeout=1) == {"work": "w2"}

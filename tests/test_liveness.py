@@ -230,3 +230,133 @@ def test_a_second_process_gives_up_while_the_first_one_beats() -> None:
             await Worker(app, worker_id="w1").start()
 
     run(scenario())
+
+
+def test_grace_never_keeps_a_dead_worker_alive(app: Rstick, clock: FakeClock) -> None:
+    """Only workers alive when the outage began gain grace: a worker that died
+    before stays dead however often others grant grace."""
+    define(app)
+
+    async def scenario() -> None:
+        async with started(app, "w1", "dead") as (w1, _):
+            for _ in range(8):
+                clock.advance(4)  # w1 beats with grace every 4 s; "dead" never again
+                await w1.beat(grace=True)
+            # It gained a ttl at most (the grace of beats while it could still have
+            # been alive), never a new one at each grace.
+            assert app.client.redis.zscore(app.keys.workers, "dead") < clock.ms()
+            report = await Reaper(app, "w1").reap(lead=False)
+            assert report.dead_workers == ["dead"]
+
+    run(scenario())
+
+
+def test_a_process_whose_id_was_taken_over_claims_nothing(app: Rstick, clock: FakeClock) -> None:
+    define(app)
+
+    async def scenario() -> None:
+        old = Worker(app, worker_id="w1")
+        await old.start()
+        clock.advance(app.worker_ttl)  # paused past its ttl
+        new = Worker(app, worker_id="w1")
+        await new.start()
+        app.enqueue("quick")
+        assert await old.fetch(None) == 0 and not old.live.is_set()  # not its id any more
+        assert await new.fetch(None) == 1
+
+    run(scenario())
+
+
+def test_a_restart_with_other_queues_takes_back_what_it_held_in_the_old_ones(
+    app: Rstick, clock: FakeClock
+) -> None:
+    @app.task(queue="b")
+    def job_b(ctx: Context) -> str:
+        return ctx.worker.id()
+
+    define(app)
+    ref = app.enqueue("job_b")
+
+    async def scenario() -> None:
+        w1 = Worker(app, worker_id="w1", queues=["b"])
+        await w1.start()
+        assert await w1.fetch(None) == 1  # claimed; then the process dies with it
+        await asyncio.wait(list(w1.running.values()))
+        clock.advance(app.worker_ttl)
+        again = Worker(app, worker_id="w1", queues=["default"])  # restarted, other queues
+        await again.start()
+        async with started(app, "w2", concurrency=1) as [w2]:
+            w2.fetcher.streams.append(app.keys.queue("b"))
+            await drain(w2)
+
+    run(scenario())
+    assert ref.result(timeout=1) == "w2"
+
+
+def test_a_hard_step_a_paused_worker_runs_is_not_lost_and_completes_on_rejoin(
+    app: Rstick, clock: FakeClock
+) -> None:
+    gate = asyncio.Event()
+
+    @app.workflow(sticky=StickyStrategy.HARD)
+    class Long:
+        @app.step()
+        async def a(self, ctx: Context) -> int:
+            await gate.wait()
+            return ctx.attempt
+
+    ref = app.enqueue("Long")
+
+    async def scenario() -> None:
+        async with started(app, "w1", "w2") as (w1, w2):
+            assert await w1.fetch(None) == 1
+            clock.advance(app.worker_ttl + 1)  # w1 paused past its ttl, its step running
+            await w2.beat()
+            report = await Reaper(app, "w2").reap(lead=False)
+            assert report.runs["parked"] == [ref.run_id] and report.redispatched == 0
+            await w1.beat()
+            await w1._rejoin_now()  # back: unparked, its step still its own
+            gate.set()
+            await asyncio.wait(list(w1.running.values()))
+            await w1.flush()
+
+    run(scenario())
+    assert ref.result(timeout=1) == {"a": 1}
+    assert not [e for e in app.client.history(ref.run_id) if e["ev"] == "lost"]
+
+
+def test_an_entry_stranded_by_a_lost_reply_comes_back_at_the_same_attempt(app: Rstick) -> None:
+    define(app)
+    ref = app.enqueue("quick")
+
+    async def scenario() -> None:
+        async with started(app, "w1") as [w1]:
+            await w1.fetcher.take(4, None, want_marks=False)  # its reply is "lost"
+            assert await w1.recover_stranded() == 1
+            await drain(w1)
+
+    run(scenario())
+    assert ref.result(timeout=1) == "w1"
+    step = app.get_run(ref.run_id).step("quick")
+    assert step.attempts == 1  # never started: no loss counted
+    assert not [e for e in app.client.history(ref.run_id) if e["ev"] == "lost"]
+
+
+def test_the_reaper_never_lists_itself_and_pages_through_the_dead(
+    app: Rstick, clock: FakeClock
+) -> None:
+    define(app)
+
+    async def scenario() -> None:
+        async with started(app, "me"):
+            for n in range(250):
+                await app.client.aredis.zadd(app.keys.workers, {f"d{n:03}": n + 2})
+            clock.advance(app.worker_ttl + 1)
+            reaper = Reaper(app, "me")
+            seen: list[str] = []
+            for _ in range(3):
+                seen += (await reaper.reap()).dead_workers
+            assert "me" not in seen
+            assert sorted(set(seen)) == [f"d{n:03}" for n in range(250)]
+
+    run(scenario())

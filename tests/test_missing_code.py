@@ -10,7 +10,7 @@ import pytest
 from clock import FakeClock
 from drive import drain, run, sibling, started
 
-from rstick import Context, Rstick, RunFailed, StickyStrategy
+from rstick import Context, Rstick, RunFailed, StickyStrategy, Worker
 from rstick.reaper import Reaper
 
 
@@ -191,3 +191,31 @@ def test_a_hard_run_pinned_to_a_worker_back_without_its_code_waits_for_it(
 
     run(scenario())
     assert ref.result(timeout=1) == {"a": "w1", "b": "w1"}
+
+
+def test_a_worker_with_the_code_on_other_queues_does_not_keep_a_run_waiting(
+    app: Rstick, clock: FakeClock
+) -> None:
+    """Only a worker that reads the run's queue can take it: one with the code that
+    reads other queues does not stop the SchedulingTimeout."""
+    define_billing(app)
+    define_mail(app)
+    ref = app.enqueue("Invoice")
+    mailer = sibling(app)
+    define_mail(mailer)
+
+    async def scenario() -> None:
+        async with started(mailer, "mail") as [mail]:
+            elsewhere = Worker(app, worker_id="bill-elsewhere", queues=["other"])
+            await elsewhere.start()
+            await drain(mail)
+            assert waiting(app, ref.run_id)["reason"] == "no_worker_with_code"
+            clock.advance(31)
+            await mail.beat()
+            await elsewhere.beat()
+            report = await Reaper(mailer, "mail").reap(lead=False)
+            assert report.runs["timed out waiting for code"] == [ref.run_id]
+
+    run(scenario())
+    with pytest.raises(RunFailed):
+        ref.result(timeout=1)

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import pytest
 from clock import FakeClock
+from drive import stop_beating
 
 from rstick import Context, Rstick, RunFailed, StickyStrategy, Worker
 from rstick.keys import GROUP
@@ -41,14 +42,23 @@ async def take_without_running(worker: Worker) -> list[str]:
     marks = [x for stream in worker.streams for x in (stream, "")]
     replies, _, _ = await worker.scripts.take(
         keys=[worker.keys.workflows],
-        args=[worker.keys.prefix, worker.id(), " Flow job ", worker.free, "", 10, *marks],
+        args=[
+            worker.keys.prefix,
+            worker.id(),
+            worker.instance,
+            " Flow job ",
+            worker.free,
+            "",
+            10,
+            *marks,
+        ],
     )
     return [r[0].decode() for r in replies]
 
 
 async def kill(worker: Worker) -> None:
     """The worker stops beating: its heartbeat is now far in the past."""
-    await worker.redis.zadd(worker.keys.workers, {worker.id(): 1})
+    await stop_beating(worker.app, worker.id())
 
 
 async def drain(*workers: Worker, rounds: int = 20) -> None:

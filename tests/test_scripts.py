@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from drive import drain, run, run_until_idle, started
+from drive import drain, run, run_until_idle, started, stop_beating
 
 from rstick import Context, Rstick, RunCancelled, RunFailed, StepStatus, StickyStrategy, Worker
 from rstick.keys import GROUP
@@ -23,7 +23,7 @@ async def take_raw(w: Worker) -> list[list[bytes]]:
     replies: list[list[bytes]]
     replies, _, _ = await w.scripts.take(
         keys=[w.keys.workflows],
-        args=[w.keys.prefix, w.id(), serves(w), w.free, "", w.app.dead_maxlen, *marks],
+        args=[w.keys.prefix, w.id(), w.instance, serves(w), w.free, "", w.app.dead_maxlen, *marks],
     )
     return replies
 
@@ -335,7 +335,7 @@ def test_a_zombies_refused_completion_forgets_its_own_entry_not_the_new_holders(
         async with started(app, "w1", "w2") as (w1, w2):
             [old] = await take_raw(w1)
             assert old[:5] == [b"run", ref.run_id.encode(), b"a", b"1", b"0"]
-            redis.zadd(app.keys.workers, {"w1": 1})  # w1 misses its heartbeats
+            await stop_beating(app, "w1")  # w1 misses its heartbeats
             reaped = await w2.scripts.reap_run(
                 keys=[app.keys.workflows],
                 args=[app.keys.prefix, "w1", ref.run_id, "dead", 3, b"", b"", 10],

@@ -56,7 +56,7 @@ for _ = 1, n do
 
   local rk = run_key(p, run)
   local h = redis.call('HMGET', rk, 'status', 'epoch', 'worker', 'sticky', 'queue',
-    step .. '.st', step .. '.a', step .. '.w', 'wf', step .. '.c', 'follow')
+    step .. '.st', step .. '.a', step .. '.w', 'wf', step .. '.c', 'follows')
   local status, cur_epoch, pinned, sticky, queue, st, a, sw = h[1], h[2], h[3], h[4], h[5], h[6],
     h[7], h[8]
   local res = 'ok'

@@ -18,7 +18,7 @@ for _, m in ipairs(members) do
   if run then
     local rk = run_key(p, run)
     local h = redis.call('HMGET', rk, 'status', 'epoch', step .. '.a', step .. '.st', 'wf',
-      'sticky', 'worker', 'queue', 'follow')
+      'sticky', 'worker', 'queue', 'follows')
     if active(h[1]) and h[2] == epoch and h[3] == attempt
         and (h[4] == 'retrying' or h[4] == 'queued') then
       redis.call('HSET', rk, step .. '.st', 'queued')

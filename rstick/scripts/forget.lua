@@ -16,8 +16,9 @@ end
 for j = 4, #ARGV do
   local q = queue_key(p, ARGV[j])
   if redis.call('EXISTS', q) == 1 then
-    local pending = redis.call('XPENDING', q, GROUP, '-', '+', 1, w)
-    if pending[1] then return 0 end
+    -- pcall: the queue may have lost its group (a NOGROUP must not stop the pass).
+    local pending = redis.pcall('XPENDING', q, GROUP, '-', '+', 1, w)
+    if type(pending) == 'table' and pending[1] then return 0 end
     pcall(redis.call, 'XGROUP', 'DELCONSUMER', q, GROUP, w)
   end
 end

@@ -3,7 +3,7 @@
 -- KEYS[1]  {ns}:wf (routing only)
 -- ARGV     prefix, worker, instance, ttl_ms, (field, value) * n: its record
 --          (Python: rstick.worker)
--- Returns  "ok" (its record written, its heartbeat deadline now + ttl), or
+-- Returns  {"ok", now} (its record written, its heartbeat deadline now + ttl), or
 --          {"busy", pid, host, ms_left}: another live process (another instance) holds
 --          the id and beat less than its ttl ago; nothing written.
 local p, me, instance, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -15,6 +15,7 @@ if h[1] and h[1] ~= instance and not h[2] then
   if deadline and deadline > now then return {'busy', h[3], h[4], deadline - now} end
 end
 redis.call('DEL', wk)
-redis.call('HSET', wk, 'instance', instance, 'ttl', ttl, 'beat', now, unpack(ARGV, 5))
+redis.call('HSET', wk, 'instance', instance, 'ttl', ttl, 'beat', now, 'deadline', now + ttl,
+  unpack(ARGV, 5))
 redis.call('ZADD', p .. ':workers', now + ttl, me)
-return 'ok'
+return {'ok', now}

@@ -56,10 +56,15 @@ end
 
 local function active(status) return status == 'queued' or status == 'running' end
 
--- Whether worker w is alive: its heartbeat deadline, in Redis time, is still ahead.
-local function is_live(p, w, now)
-  local deadline = tonumber(redis.call('ZSCORE', p .. ':workers', w))
-  return deadline ~= nil and deadline > now
+-- Whether worker w is alive: its heartbeat deadline, in Redis time, is still ahead,
+-- and it was not declared dead since. With `instance`, also that this process (not
+-- another one that took the id over) is the one holding it.
+-- (The deadline is kept in the worker's record, and in {ns}:workers to list them.)
+local function is_live(p, w, now, instance)
+  local h = redis.call('HMGET', worker_key(p, w), 'deadline', 'reaped', 'instance')
+  local deadline = tonumber(h[1])
+  return deadline ~= nil and deadline > now and not h[2]
+    and (instance == nil or h[3] == instance)
 end
 
 -- Whether worker w is alive; when it is not, it is marked reaped, so that should it
@@ -72,12 +77,34 @@ local function judge(p, w, now)
   return false
 end
 
+-- Sticky children detached to follow this run to its next worker (see reassign),
+-- when the run ends before it is pinned again: they are let go like SOFT runs, their
+-- first step to the shared queue, the others held until a worker pins them.
+local function release_followers(p, run, followers)
+  for child in string.gmatch(followers, '%S+') do
+    local ck = run_key(p, child)
+    local c = redis.call('HMGET', ck, 'status', 'worker', 'follows', 'held', 'epoch', 'wf', 'queue')
+    if active(c[1]) and (not c[2] or c[2] == '') and c[3] == run then
+      redis.call('HDEL', ck, 'follows')
+      local held = {}
+      for s in string.gmatch(c[4] or '', '%S+') do held[#held + 1] = s end
+      if held[1] then
+        add_entry(queue_key(p, c[7]), child, held[1], redis.call('HGET', ck, held[1] .. '.a'),
+          c[5], c[6])
+      end
+      redis.call('HSET', ck, 'held', table.concat(held, ' ', 2))
+      history(p, child, 'ev', 'released', 'reason', 'its parent ended before it was pinned')
+    end
+  end
+end
+
 -- End a run: status, finish time, retention, unpin, history, wake waiters.
 local function finish(p, run, status, now)
   local rk = run_key(p, run)
-  local h = redis.call('HMGET', rk, 'worker', 'retention', 'waiting')
+  local h = redis.call('HMGET', rk, 'worker', 'retention', 'waiting', 'followers')
+  if h[4] and h[4] ~= '' then release_followers(p, run, h[4]) end
   redis.call('HSET', rk, 'status', status, 'finished', now)
-  redis.call('HDEL', rk, 'parked', 'waiting', 'waiting_since', 'follow')
+  redis.call('HDEL', rk, 'parked', 'waiting', 'waiting_since', 'follows', 'followers')
   if h[1] and h[1] ~= '' then redis.call('SREM', pinned_key(p, h[1]), run) end
   local ttl = tonumber(h[2])
   history(p, run, 'ev', 'finished', 'status', status)
@@ -96,9 +123,9 @@ end
 
 -- The stream a step of a run goes to now: its pinned worker's, else its queue; nil
 -- for a sticky child waiting for its parent's next worker (see reassign).
-local function route(p, sticky, worker, queue, follow)
+local function route(p, sticky, worker, queue, follows)
   if sticky ~= 'none' and worker and worker ~= '' then return personal_key(p, worker) end
-  if sticky ~= 'none' and follow and follow ~= '' then return nil end
+  if sticky ~= 'none' and follows and follows ~= '' then return nil end
   return queue_key(p, queue)
 end
 
@@ -115,7 +142,7 @@ end
 
 -- dispatch, reading the run's route.
 local function redispatch(p, run, step, attempt, epoch)
-  local h = redis.call('HMGET', run_key(p, run), 'sticky', 'worker', 'queue', 'follow', 'wf')
+  local h = redis.call('HMGET', run_key(p, run), 'sticky', 'worker', 'queue', 'follows', 'wf')
   dispatch(p, run, step, attempt, epoch, h[5], route(p, h[1], h[2], h[3], h[4]))
 end
 
@@ -137,29 +164,28 @@ local function lose(p, run, step, worker, reason, max_deliveries, poison_err, de
   return attempt
 end
 
--- Pin run to worker me: its held steps go to me's stream; so do the sticky children
--- that follow it (they were moved with it, see reassign).
-local function pin(p, run, me, epoch, wf, held, follow, now)
+-- Pin run to worker me: its held steps go to me's stream; so do its followers, the
+-- sticky children moved with it (see reassign), and theirs in turn.
+local pin
+pin = function(p, run, me, epoch, wf, held, followers, now, reason, depth)
   local rk = run_key(p, run)
   redis.call('HSET', rk, 'worker', me, 'held', '')
+  redis.call('HDEL', rk, 'follows', 'followers')
   redis.call('SADD', pinned_key(p, me), run)
-  history(p, run, 'ev', 'pinned', 'w', me, 'epoch', epoch)
+  if reason then
+    history(p, run, 'ev', 'pinned', 'w', me, 'epoch', epoch, 'reason', reason)
+  else
+    history(p, run, 'ev', 'pinned', 'w', me, 'epoch', epoch)
+  end
   for _, s in ipairs(words(held)) do
     add_entry(personal_key(p, me), run, s, redis.call('HGET', rk, s .. '.a'), epoch, wf)
   end
-  if follow and follow ~= '' then
-    redis.call('HDEL', rk, 'follow')
-    for _, child in ipairs(words(follow)) do
-      local ck = run_key(p, child)
-      local c = redis.call('HMGET', ck, 'status', 'worker', 'follow', 'held', 'epoch', 'wf')
+  if (depth or 0) < 100 then  -- a tree of runs, never a cycle; bounded all the same
+    for _, child in ipairs(words(followers)) do
+      local c = redis.call('HMGET', run_key(p, child), 'status', 'worker', 'follows', 'held',
+        'epoch', 'wf', 'followers')
       if active(c[1]) and (not c[2] or c[2] == '') and c[3] == run then
-        redis.call('HDEL', ck, 'follow')
-        redis.call('HSET', ck, 'worker', me, 'held', '')
-        redis.call('SADD', pinned_key(p, me), child)
-        history(p, child, 'ev', 'pinned', 'w', me, 'epoch', c[5], 'reason', 'follows its parent')
-        for _, s in ipairs(words(c[4])) do
-          add_entry(personal_key(p, me), child, s, redis.call('HGET', ck, s .. '.a'), c[5], c[6])
-        end
+        pin(p, child, me, c[5], c[6], c[4], c[7], now, 'follows its parent', (depth or 0) + 1)
       end
     end
   end
@@ -171,15 +197,17 @@ end
 --   "queue":  the first step goes to the shared queue, the others are held until the
 --             next worker pins the run (SOFT);
 --   "follow": every step is held until the parent run `to` is pinned again (a sticky
---             child follows its SOFT parent);
+--             child follows its SOFT parent: the child's `follows`, the parent's
+--             `followers`);
 --   "pin":    pinned to worker `to` at once (the parent already moved there).
 -- Returns false when a step was failed as poison (the run ended).
 local function reassign(p, run, w, how, to, max_deliveries, poison_err, dead_max, now)
   local rk = run_key(p, run)
-  local h = redis.call('HMGET', rk, 'epoch', 'steps', 'queue', 'wf')
+  local h = redis.call('HMGET', rk, 'epoch', 'steps', 'queue', 'wf', 'followers')
   local epoch, queue, wf = h[1], h[3], h[4]
   local new_epoch = tostring(tonumber(epoch) + 1)
   redis.call('HSET', rk, 'epoch', new_epoch, 'worker', '', 'reassigned', '1', 'held', '')
+  redis.call('HDEL', rk, 'waiting', 'waiting_since')  -- it waits anew, wherever it goes
   redis.call('SREM', pinned_key(p, w), run)
   local back = {}
   for _, s in ipairs(words(h[2])) do
@@ -207,19 +235,21 @@ local function reassign(p, run, w, how, to, max_deliveries, poison_err, dead_max
     end
     redis.call('HSET', rk, 'held', table.concat(back, ' ', 2))
   elseif how == 'pin' then
-    pin(p, run, to, new_epoch, wf, table.concat(back, ' '), nil, now)
+    pin(p, run, to, new_epoch, wf, table.concat(back, ' '), h[5], now, 'follows its parent')
   else
-    redis.call('HSET', rk, 'held', table.concat(back, ' '), 'follow', to)
+    redis.call('HSET', rk, 'held', table.concat(back, ' '), 'follows', to)
     local parent = run_key(p, to)
-    local follow = redis.call('HGET', parent, 'follow')
-    if not has_word(follow, run) then
-      redis.call('HSET', parent, 'follow', (follow and follow ~= '') and (follow .. ' ' .. run) or run)
+    local followers = redis.call('HGET', parent, 'followers')
+    if not has_word(followers, run) then
+      redis.call('HSET', parent, 'followers',
+        (followers and followers ~= '') and (followers .. ' ' .. run) or run)
     end
   end
   return true
 end
 
--- A live worker, other than `except`, that has workflow wf's code and reads queue q;
+-- A live worker, other than `except` and not stopping, that has workflow wf's code
+-- and reads queue q;
 -- `spread` (any number) picks among several. nil when there is none.
 local function capable_worker(p, wf, q, now, except, spread)
   local live = redis.call('ZRANGEBYSCORE', p .. ':workers', '(' .. now, '+inf')
@@ -227,8 +257,8 @@ local function capable_worker(p, wf, q, now, except, spread)
   for k = 0, n - 1 do
     local w = live[(spread + k) % n + 1]
     if w ~= except then
-      local h = redis.call('HMGET', worker_key(p, w), 'workflows', 'queues', 'reaped')
-      if not h[3] and has_word(h[1], wf) and has_word(h[2], q) then return w end
+      local h = redis.call('HMGET', worker_key(p, w), 'workflows', 'queues', 'reaped', 'draining')
+      if not h[3] and not h[4] and has_word(h[1], wf) and has_word(h[2], q) then return w end
     end
   end
   return nil

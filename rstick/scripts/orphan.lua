@@ -9,8 +9,12 @@ local p, run, fingerprint, err = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now = now_ms()
 local rk = run_key(p, run)
 local h = redis.call('HMGET', rk, 'status', 'sticky', 'worker', 'parked', 'waiting', 'steps',
-  'epoch')
+  'epoch', 'follows')
 if not active(h[1]) or (h[2] ~= 'none' and h[3] and h[3] ~= '') or h[4] or h[5] then
+  return 0
+end
+-- A sticky child held until its parent is pinned again moves on with its parent.
+if h[8] and h[8] ~= '' and active(redis.call('HGET', run_key(p, h[8]), 'status')) then
   return 0
 end
 local last = redis.call('XREVRANGE', hist_key(p, run), '+', '-', 'COUNT', 1)

@@ -4,12 +4,18 @@
 --          entry_id * n                                 (Python: rstick.reaper)
 --          kind "pending": ids from the worker's pending list (delivered to it);
 --          kind "scan":    ids of its personal stream (delivered or not).
---          mode as in reap_run.lua ("dead" checks the heartbeat atomically).
+--          mode as in reap_run.lua ("dead" checks the heartbeat atomically), or
+--          "recover": a live worker's own entries that it is not running (a take
+--          whose reply was lost with the connection): their steps were claimed but
+--          never started, so they go back at the same attempt, no loss counted.
 -- For each entry: one whose run ended or moved on (stale attempt or epoch, pinned
 -- elsewhere) is deleted; a pending one still valid is dispatched again (a new
--- attempt if its step was running); a scanned one stays when its run is pinned to
--- the worker (a parked HARD run waits for it) and is dispatched again otherwise (a
--- run's entry forwarded or handed to the worker: it may run anywhere).
+-- attempt if its step was running), except, for a dead worker, the running step of
+-- a run parked for it: nothing else may run a HARD step, so it stays pending, for
+-- the worker's return (or its rejoin, when it runs on) or the park's timeout; a
+-- scanned one stays when its run is pinned to the worker (a parked HARD run waits
+-- for it) and is dispatched again otherwise (a run's entry forwarded or handed to
+-- the worker: it may run anywhere).
 -- Returns  {dispatched, deleted}, or "alive".
 local p, w, stream, kind, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_deliveries, poison_err, dead_max = ARGV[6], ARGV[7], ARGV[8]
@@ -34,8 +40,14 @@ for j = 9, #ARGV do
   local live = active(status) and cur_epoch == epoch and a == attempt
     and (sticky == 'none' or pinned == '' or pinned_here or not own_stream)
   local next_attempt = nil
+  local keep = false
   if live and kind == 'pending' then
-    if st == 'running' and sw == w then
+    if st == 'running' and sw == w and mode == 'recover' then
+      redis.call('HSET', run_key(p, run), step .. '.st', 'queued')
+      next_attempt = attempt
+    elseif st == 'running' and sw == w and mode == 'dead' and pinned_here then
+      keep = true
+    elseif st == 'running' and sw == w then
       next_attempt = lose(p, run, step, w, 'worker lost', max_deliveries, poison_err, dead_max, now)
     elseif st == 'queued' then
       next_attempt = attempt
@@ -43,7 +55,9 @@ for j = 9, #ARGV do
   elseif live and kind == 'scan' and not pinned_here and st == 'queued' then
     next_attempt = attempt
   end
-  if next_attempt then
+  if keep then
+    -- left pending: see above
+  elseif next_attempt then
     ack_delete(stream, id)
     redispatch(p, run, step, next_attempt, epoch)
     dispatched = dispatched + 1

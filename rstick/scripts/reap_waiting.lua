@@ -4,8 +4,9 @@
 -- ARGV     prefix, workflow, error, limit              (Python: rstick.reaper)
 --          error: the SchedulingTimeout, msgpack bytes packed by the caller.
 -- A step fails once its schedule_timeout has passed since its run began to wait,
--- and only while live workers read its queue and none has the code (a HARD run's:
--- while its own worker is live without it). With no worker up at all it waits on.
+-- and only while live workers read its queue and none of those has the code (a HARD
+-- run's: while its own worker is live without it). With no worker up at all it
+-- waits on.
 -- Entries whose run ended or moved on are dropped.
 -- Returns  the ids of the runs failed.
 local p, wf, err, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -18,11 +19,15 @@ for _, w in ipairs(redis.call('ZRANGEBYSCORE', p .. ':workers', '(' .. now, '+in
   local h = redis.call('HMGET', worker_key(p, w), 'workflows', 'queues', 'reaped')
   if not h[3] then live[w] = h end
 end
+-- Whether live workers read queue q and none of them has the code (one that has it
+-- but reads other queues cannot take the run: see capable_worker in lib.lua).
 local function served(q)
   local reads, has = false, false
   for _, h in pairs(live) do
-    if has_word(h[2], q) then reads = true end
-    if has_word(h[1], wf) then has = true end
+    if has_word(h[2], q) then
+      reads = true
+      if has_word(h[1], wf) then has = true end
+    end
   end
   return reads and not has
 end

@@ -1,8 +1,9 @@
 -- take: a worker's read and claim, one round trip; also how it picks up, in the
 -- same round trip, what its blocking read has just delivered.
 -- KEYS[1]  {ns}:wf (routing only)
--- ARGV     prefix, worker, workflows (" name name ... "), free, want_marks ("1" or ""),
---          dead_maxlen, (stream, mark) * n: personal stream first, then the shared queues.
+-- ARGV     prefix, worker, instance, workflows (" name name ... "), free, want_marks
+--          ("1" or ""), dead_maxlen, (stream, mark) * n: personal stream first, then the
+--          shared queues.                                  (Python: rstick.fetch)
 --          Marks are "" (a plain take: read new entries while slots are free), or the
 --          marks the worker's last plain take returned. Then the worker's blocking
 --          XREADGROUP, pipelined just before this call, has delivered what came after
@@ -15,15 +16,16 @@
 --          each stream's group last-delivered id, in order, for the next blocking read
 --          (whatever reaches a stream after the take, a root this take pinned there
 --          included, is then delivered by that read); live is 0 when the worker's
---          heartbeat has lapsed: it claims nothing until it has beaten again (rejoined),
---          for the reaper may be settling what it holds (Python: rstick.fetch).
+--          heartbeat has lapsed, or its id was taken over by another process: it
+--          claims nothing until it has beaten again (rejoined), for the reaper may be
+--          settling what it holds.
 -- A delivered entry whose step already runs here at its attempt (the reply of an
 -- earlier try was lost, and redis-py sent the call again) stays pending, for the
 -- worker's recovery of stranded entries: it is not started twice.
-local p, me, workflows = ARGV[1], ARGV[2], ARGV[3]
-local left, want_marks, dead_max = tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6]
+local p, me, instance, workflows = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local left, want_marks, dead_max = tonumber(ARGV[5]), ARGV[6] == '1', ARGV[7]
 local now = now_ms()
-local live = is_live(p, me, now)
+local live = is_live(p, me, now, instance)
 if not live then left = 0 end
 
 -- Claim one entry this worker read; kv is its flat field/value list. Replies:
@@ -52,7 +54,7 @@ local function claim(stream, id, kv, again)
   local rk = run_key(p, run)
   local h = redis.call('HMGET', rk, 'status', 'sticky', 'worker', 'epoch', step .. '.st',
     step .. '.a', 'held', 'reassigned', step .. '.par', 'input', step .. '.w', step .. '.lost',
-    'queue', 'follow')
+    'queue', 'followers')
   local status, sticky, pinned, cur_epoch, st, a = h[1], h[2], h[3], h[4], h[5], h[6]
   if again and st == 'running' and h[11] == me and a == attempt and cur_epoch == epoch
       and active(status) then
@@ -126,15 +128,24 @@ local function claim(stream, id, kv, again)
   return res
 end
 
+-- Whether the step of an entry (its field/value list) runs here now, at its attempt.
+local function running_here(kv)
+  local f = entry_fields(kv)
+  if not (f['r'] and f['s']) then return false end
+  local h = redis.call('HMGET', run_key(p, f['r']), 'epoch', f['s'] .. '.st', f['s'] .. '.a',
+    f['s'] .. '.w')
+  return h[1] == f['e'] and h[2] == 'running' and h[3] == f['a'] and h[4] == me
+end
+
 local out = {}
 local live_flag = live and 1 or 0
 
-if ARGV[8] ~= '' then
-  local n = (#ARGV - 6) / 2
+if ARGV[9] ~= '' then
+  local n = (#ARGV - 7) / 2
   local read = {'XREADGROUP', 'GROUP', GROUP, me, 'STREAMS'}
   for k = 1, n do
-    read[5 + k] = ARGV[5 + 2 * k]
-    read[5 + n + k] = ARGV[6 + 2 * k]
+    read[5 + k] = ARGV[6 + 2 * k]
+    read[5 + n + k] = ARGV[7 + 2 * k]
   end
   local r = redis.call(unpack(read))
   -- {{stream, entries}, ...}; fakeredis answers {stream, entries, stream, entries, ...}
@@ -152,7 +163,10 @@ if ARGV[8] ~= '' then
           out[#out + 1] = res
           left = left - 1
         end
-      else  -- no slot for it (or not live): back to the end of its stream, undelivered
+      elseif not running_here(kv) then
+        -- No slot for it (or not live): back to the end of its stream, undelivered.
+        -- (One already running here was claimed by an earlier try of this very call,
+        -- whose reply was lost: it stays pending, for recover_stranded.)
         redis.call('XADD', stream, '*', unpack(kv))
         ack_delete(stream, id)
       end
@@ -161,7 +175,7 @@ if ARGV[8] ~= '' then
   return {out, {}, live_flag}
 end
 
-for j = 7, #ARGV, 2 do
+for j = 8, #ARGV, 2 do
   if left <= 0 then break end
   local stream = ARGV[j]
   local r = redis.call('XREADGROUP', 'GROUP', GROUP, me, 'COUNT', left, 'STREAMS', stream, '>')
@@ -177,7 +191,7 @@ end
 
 local marks = {}
 if want_marks and left > 0 then
-  for j = 7, #ARGV, 2 do
+  for j = 8, #ARGV, 2 do
     local groups = redis.call('XINFO', 'GROUPS', ARGV[j])
     for _, g in ipairs(groups) do
       local name, last = nil, nil
