@@ -58,3 +58,40 @@ class Claim:
             lost=int(reply[10]),
             parents={text(reply[i]): reply[i + 1] or None for i in range(11, len(reply), 2)},
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One item of complete.lua's batch: how a step's attempt ended."""
+
+    kind: str  # "ok" (payload: output), "retry" (payload: error), "fail", "dead"
+    stream: str
+    entry_id: str
+    run_id: str
+    step: str
+    attempt: int
+    epoch: int
+    payload: bytes
+    delay_ms: int  # for "retry": when the next attempt is due, from now
+    children: tuple[str, ...]  # the steps whose parents include this one
+
+    @property
+    def entry(self) -> str:
+        """The entry it settles, as the worker keys its running steps."""
+        return f"{self.stream} {self.entry_id}"
+
+    def to_args(self) -> list[Any]:
+        """Its part of complete.lua's ARGV."""
+        return [
+            self.kind,
+            self.stream,
+            self.entry_id,
+            self.run_id,
+            self.step,
+            self.attempt,
+            self.epoch,
+            self.payload,
+            self.delay_ms,
+            len(self.children),
+            *self.children,
+        ]

@@ -33,7 +33,7 @@ log = logging.getLogger("rstick.worker")
 
 CANCEL_GRACE = 1.0  # seconds an async step past its timeout has to honour its cancel
 
-Outcome = tuple[str, bytes, int]  # kind, payload, delay_ms: see complete.lua
+StepResult = tuple[str, bytes, int]  # kind, payload, delay_ms: see protocol.Outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,7 @@ class StepRunner:
         *,
         threads: StepThreads,
         max_hung: int,
-        record: Callable[[Job, Outcome], None],
+        record: Callable[[Job, StepResult], None],
         freed: Callable[[], None],
         too_many_hung: Callable[[], None],
     ) -> None:
@@ -137,7 +137,7 @@ class StepRunner:
             self._freed()
         self._record(job, outcome)
 
-    async def _outcome(self, job: Job, ctx: Context) -> Outcome:
+    async def _outcome(self, job: Job, ctx: Context) -> StepResult:
         """Run the step: ("ok", output, 0), ("retry", error, delay_ms) or ("fail", error, 0)."""
         step = job.step
         try:

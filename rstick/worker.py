@@ -42,10 +42,10 @@ from .names import check_name
 from .outage import AUTH_ERRORS, describe_outage, is_outage
 from .plural import plural
 from .preflight import check_server_once
-from .protocol import text
+from .protocol import Outcome, text
 from .reaper import Reaper, ReapReport
 from .scripts import Scripts
-from .steps import Job, Outcome, StepRunner
+from .steps import Job, StepResult, StepRunner
 from .threads import StepThreads
 
 log = logging.getLogger("rstick.worker")
@@ -117,8 +117,8 @@ class Worker:
             freed=self._wake.set,
             too_many_hung=lambda: self.request_stop(1),
         )
-        self.outcomes: list[list[Any]] = []
-        self._flushing: list[list[Any]] = []  # the batch the complete script is applying
+        self.outcomes: list[Outcome] = []
+        self._flushing: list[Outcome] = []  # the batch the complete script is applying
         self._completing = asyncio.Lock()  # held while a batch is in flight
         self.stopping = False
         self.exit_code = 0
@@ -633,24 +633,22 @@ class Worker:
             await asyncio.sleep(0)
         return len(claims)
 
-    def _record(self, job: Job, outcome: Outcome) -> None:
-        """Queue an outcome for the complete loop's next batch."""
-        kind, payload, delay_ms = outcome
-        step = job.step
+    def _record(self, job: Job, result: StepResult) -> None:
+        """Queue a step's outcome for the complete loop's next batch."""
+        kind, payload, delay_ms = result
         self.outcomes.append(
-            [
+            Outcome(
                 kind,
                 job.stream,
                 job.entry_id,
                 job.run_id,
-                step.name,
+                job.step.name,
                 job.attempt,
                 job.epoch,
                 payload,
                 delay_ms,
-                len(step.children),
-                *step.children,
-            ]
+                job.step.children,
+            )
         )
         self.steps_done += 1
         self._outcome_ready.set()
@@ -662,8 +660,8 @@ class Worker:
                 batch = self.outcomes[:MAX_COMPLETE_BATCH]
                 self.outcomes = self.outcomes[MAX_COMPLETE_BATCH:]
                 args: list[Any] = [self.keys.prefix, self._id, self.app.dead_maxlen, len(batch)]
-                for item in batch:
-                    args += item
+                for outcome in batch:
+                    args += outcome.to_args()
                 self._flushing = batch
                 try:
                     replies = await self.scripts.complete(keys=[self.keys.workflows], args=args)
@@ -672,16 +670,16 @@ class Worker:
                     raise
                 finally:
                     self._flushing = []
-                for item, reply in zip(batch, replies, strict=True):
-                    result = text(reply)
+                for outcome, reply in zip(batch, replies, strict=True):
+                    result, where = text(reply), f"{outcome.run_id}/{outcome.step}"
                     if result == "refused: no such run":  # expired, or retention 0 and resent
-                        log.info("completion of %s/%s: its run is gone", item[3], item[4])
+                        log.info("completion of %s: its run is gone", where)
                     elif result.startswith("refused"):
-                        log.warning("completion of %s/%s %s", item[3], item[4], result)
+                        log.warning("completion of %s %s", where, result)
                     elif result == "applied before":
-                        log.debug("completion of %s/%s was applied before", item[3], item[4])
+                        log.debug("completion of %s was applied before", where)
                     elif result != "ok":
-                        log.info("completion of %s/%s %s", item[3], item[4], result)
+                        log.info("completion of %s %s", where, result)
 
     async def recover_stranded(self) -> int:
         """Dispatch again the entries pending on this worker that it is not running:
@@ -689,7 +687,7 @@ class Worker:
 
         Only the fetch loop calls this, so no read is under way meanwhile."""
         known = set(self.running)
-        known |= {f"{item[1]} {item[2]}" for item in (*self.outcomes, *self._flushing)}
+        known |= {outcome.entry for outcome in (*self.outcomes, *self._flushing)}
         report = ReapReport()
         for stream in self.streams:
             try:

@@ -580,7 +580,7 @@ def test_a_completion_resent_after_a_lost_reply_is_applied_once(app: Rstick) -> 
             [sent] = w1.outcomes
             await w1.flush()
             w1.outcomes = [sent]  # the reply was lost: the worker sends it again
-            args = [app.keys.prefix, "w1", app.dead_maxlen, 1, *sent]
+            args = [app.keys.prefix, "w1", app.dead_maxlen, 1, *sent.to_args()]
             assert await w1.scripts.complete(keys=[app.keys.workflows], args=args) == [
                 b"applied before"
             ]

@@ -11,15 +11,23 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
+from ..keys import GROUP
+
 
 def _read(name: str) -> str:
     return (files(__package__) / f"{name}.lua").read_text(encoding="utf-8")
 
 
+def _constants() -> str:
+    """What Python and the scripts must agree on, defined once, here in Python."""
+    return f"local GROUP = {GROUP!r}\n"
+
+
 @cache
 def source(name: str) -> str:
-    """The script's text, after ``lib.lua`` (the functions the scripts share)."""
-    return _read("lib") + "\n" + _read(name)
+    """The script's text: the shared constants, then ``lib.lua`` (the functions the
+    scripts share), then the script itself."""
+    return _constants() + _read("lib") + "\n" + _read(name)
 
 
 @dataclass(frozen=True)

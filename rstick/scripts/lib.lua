@@ -1,8 +1,7 @@
--- lib: functions shared by the scripts; the loader puts this file before each one.
+-- lib: functions shared by the scripts; the loader (rstick/scripts/__init__.py) puts
+-- this file before each one, after the constants Python defines (GROUP).
 -- Every script receives the key prefix "{ns}" as ARGV[1].
 -- Time is Redis's (TIME), never a worker's clock: two processes compare it.
-
-local GROUP = 'rstick'
 
 -- Milliseconds since the epoch, by Redis's clock.
 local function now_ms()
