@@ -7,8 +7,67 @@ and not the other fails a test (tests/test_protocol.py) rather than a run.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any
+
+
+class RunField(enum.StrEnum):
+    """The fields of a run's hash, ``{ns}:run:<id>`` (the scripts spell the same
+    names; tests/test_protocol.py checks that nothing else ever appears there)."""
+
+    WORKFLOW = "wf"
+    KIND = "kind"  # "task" or "workflow"
+    STATUS = "status"  # RunStatus
+    STICKY = "sticky"  # StickyStrategy
+    QUEUE = "queue"
+    EPOCH = "epoch"  # a SOFT run's moves so far; fences completions of the last worker
+    WORKER = "worker"  # the pinned worker ("" while unpinned)
+    STEPS = "steps"  # every step, space-separated
+    LEFT = "left"  # steps not yet succeeded
+    HELD = "held"  # steps queued until a worker pins the run, space-separated
+    SCHEDULE_TIMEOUT = "sto"  # seconds a parked or waiting run may wait
+    RETENTION = "retention"  # seconds its keys stay once it ended
+    INPUT = "input"  # msgpack
+    CREATED = "created"  # ms, Redis time, like every time here
+    STARTED = "started"
+    FINISHED = "finished"
+    ERROR_STEP = "error_step"  # the step whose failure ended the run
+    PARENT_RUN = "parent_run"
+    PARENT_STEP = "parent_step"
+    STICKY_CHILD = "sticky_child"  # "1": pinned at creation to its parent's worker
+    PARKED = "parked"  # a HARD run waiting for its worker: until when
+    REASSIGNED = "reassigned"  # "1" once it moved from a lost worker
+    WAITING = "waiting"  # why it cannot go on ("no_worker_with_code")
+    WAITING_SINCE = "waiting_since"
+    FOLLOWS = "follows"  # a sticky child held until this parent is pinned again
+    FOLLOWERS = "followers"  # the children that follow this run, space-separated
+
+
+class StepField(enum.StrEnum):
+    """The fields of one step in its run's hash: ``<step>.<suffix>``."""
+
+    STATUS = "st"  # StepStatus
+    ATTEMPT = "a"  # the current attempt (0: not yet queued)
+    WORKER = "w"  # the worker of its current (or last) attempt
+    STARTED = "t0"
+    FINISHED = "t1"
+    ERROR = "e"  # msgpack {"type", "message", "tb"}
+    PARENTS = "par"  # its parents, space-separated
+    PENDING = "p"  # parents not yet succeeded
+    LOST = "lost"  # attempts lost with their worker
+    COMPLETED = "c"  # the attempt whose completion was applied last
+    SCHEDULE_TIMEOUT = "sto"  # its own, when it has one
+
+    def of(self, step: str) -> str:
+        """The field of this step: ``StepField.STATUS.of("a") == "a.st"``."""
+        return f"{step}.{self.value}"
+
+
+CHILD_LINK = "c|"  # a run's field "c|<child run id>" = the step that spawned that child
+
+# The fields of every entry on a stream: run, step, attempt, epoch, workflow.
+ENTRY_FIELDS = ("r", "s", "a", "e", "w")
 
 
 def text(value: bytes | str) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from .codec import unpack
 from .errors import StepError
+from .protocol import CHILD_LINK, RunField, StepField
 
 
 class StickyStrategy(enum.StrEnum):
@@ -121,40 +122,42 @@ class Run:
 
     @classmethod
     def from_hash(cls, run_id: str, raw: dict[bytes, bytes]) -> Run:
+        F, S = RunField, StepField
         steps = []
-        for name in _s(raw, "steps").split():
+        for name in _s(raw, F.STEPS).split():
             steps.append(
                 StepState(
                     name=name,
-                    status=StepStatus(_s(raw, f"{name}.st", "waiting")),
-                    attempts=int(_s(raw, f"{name}.a", "0")),
-                    worker=_s(raw, f"{name}.w") or None,
-                    started_at=_ms(raw, f"{name}.t0"),
-                    finished_at=_ms(raw, f"{name}.t1"),
-                    error=decode_error(raw.get(f"{name}.e".encode())),
+                    status=StepStatus(_s(raw, S.STATUS.of(name), "waiting")),
+                    attempts=int(_s(raw, S.ATTEMPT.of(name), "0")),
+                    worker=_s(raw, S.WORKER.of(name)) or None,
+                    started_at=_ms(raw, S.STARTED.of(name)),
+                    finished_at=_ms(raw, S.FINISHED.of(name)),
+                    error=decode_error(raw.get(S.ERROR.of(name).encode())),
                 )
             )
-        parent_run = _s(raw, "parent_run")
+        parent_run = _s(raw, F.PARENT_RUN)
+        link = CHILD_LINK.encode()
         return cls(
             run_id=run_id,
-            workflow=_s(raw, "wf"),
-            status=RunStatus(_s(raw, "status", "queued")),
-            sticky=StickyStrategy(_s(raw, "sticky", "none")),
-            worker=_s(raw, "worker") or None,
-            epoch=int(_s(raw, "epoch", "0")),
-            queue=_s(raw, "queue"),
-            created_at=_ms(raw, "created"),
-            started_at=_ms(raw, "started"),
-            finished_at=_ms(raw, "finished"),
+            workflow=_s(raw, F.WORKFLOW),
+            status=RunStatus(_s(raw, F.STATUS, "queued")),
+            sticky=StickyStrategy(_s(raw, F.STICKY, "none")),
+            worker=_s(raw, F.WORKER) or None,
+            epoch=int(_s(raw, F.EPOCH, "0")),
+            queue=_s(raw, F.QUEUE),
+            created_at=_ms(raw, F.CREATED),
+            started_at=_ms(raw, F.STARTED),
+            finished_at=_ms(raw, F.FINISHED),
             steps=steps,
-            error_step=_s(raw, "error_step") or None,
-            parent=f"{parent_run}/{_s(raw, 'parent_step')}" if parent_run else None,
-            parked_until=_ms(raw, "parked"),
-            is_task=_s(raw, "kind") == "task",
-            reassigned=_s(raw, "reassigned") == "1",
-            children=sorted(k.decode()[2:] for k in raw if k.startswith(b"c|")),
-            waiting={"reason": _s(raw, "waiting"), "since": _ms(raw, "waiting_since")}
-            if raw.get(b"waiting")
+            error_step=_s(raw, F.ERROR_STEP) or None,
+            parent=f"{parent_run}/{_s(raw, F.PARENT_STEP)}" if parent_run else None,
+            parked_until=_ms(raw, F.PARKED),
+            is_task=_s(raw, F.KIND) == "task",
+            reassigned=_s(raw, F.REASSIGNED) == "1",
+            children=sorted(k.decode()[len(link) :] for k in raw if k.startswith(link)),
+            waiting={"reason": _s(raw, F.WAITING), "since": _ms(raw, F.WAITING_SINCE)}
+            if raw.get(F.WAITING.encode())
             else None,
         )
 
