@@ -11,6 +11,7 @@ import traceback
 import click
 
 from rstick import Rstick, Worker
+from rstick.errors import WorkerIdInUse
 
 from .errors import BadInput, Fail
 from .settings import Settings, check_url, connection_options
@@ -151,4 +152,9 @@ def worker(
         drain_timeout=drain_timeout,
     )
     setup_logging(serving.id(), verbose)
-    serving.run()
+    try:
+        code = serving.run()
+    except WorkerIdInUse as exc:
+        raise Fail(str(exc)) from None
+    # 1 when the worker stopped by itself: too many hung steps, its id taken over.
+    ctx.exit(code)
