@@ -26,7 +26,7 @@ def reap(as_json: bool) -> None:
 
     async def once() -> ReapReport:
         try:
-            return await Reaper(app, "cli").reap()
+            return await Reaper(app).reap(lead=False)
         finally:
             await app.client.aredis.aclose()
 

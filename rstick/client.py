@@ -362,6 +362,9 @@ class Client:
         missing += self._unknown(wf, results)
         if missing:
             script.sha = self.redis.script_load(script.script)
+            # Redis that lost its scripts lost its data too, most likely (a restart
+            # without persistence): wf is registered again with the calls sent again.
+            self._registered.discard(wf.name)
             pipe = self.redis.pipeline(transaction=False)
             skip = self._register_local(pipe, wf)
             for i in missing:

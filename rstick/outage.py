@@ -10,6 +10,8 @@ password is no outage: retrying cannot help.
 
 from __future__ import annotations
 
+import re
+
 from redis.exceptions import (
     AuthenticationError,
     AuthenticationWrongNumberOfArgsError,
@@ -37,8 +39,9 @@ _UNAVAILABLE = (
     ClusterDownError,  # MASTERDOWN too
     TryAgainError,
 )
-# Error codes as the worker's own connection (blocking.py) reports them.
-_CODES = ("OOM ", "READONLY ", "LOADING ", "BUSY ", "MASTERDOWN ", "TRYAGAIN ", "CLUSTERDOWN ")
+# Error codes as the worker's own connection (blocking.py) reports them, or as Redis
+# 6.2 wraps them when a script met them: "Error running script (...): -OOM ...".
+_CODES = re.compile(r"(^|-)(OOM|READONLY|LOADING|BUSY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN) ")
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -46,7 +49,7 @@ def is_outage(exc: BaseException) -> bool:
         return False
     if isinstance(exc, _UNAVAILABLE):
         return True
-    return isinstance(exc, ResponseError) and str(exc).startswith(_CODES)
+    return isinstance(exc, ResponseError) and _CODES.search(str(exc)) is not None
 
 
 def describe_outage(exc: BaseException) -> str:

@@ -239,12 +239,13 @@ class Reaper:
         return True
 
     async def settle_entries(
-        self, worker: str, stream: str, ids: list[bytes], report: ReapReport
-    ) -> None:
+        self, worker: str, instance: str, stream: str, ids: list[bytes], report: ReapReport
+    ) -> bool:
         """Dispatch again entries pending on a live ``worker`` that it is not running
         (their reply was lost with the connection): at the same attempt, as their steps
-        never started."""
-        await self._entries(worker, stream, "pending", "recover", ids, report)
+        never started. False, with nothing done, when the process ``instance`` no
+        longer holds the worker's id (or its heartbeat lapsed)."""
+        return await self._entries(worker, stream, "pending", "recover", ids, report, instance)
 
     async def _entries(
         self,
@@ -254,8 +255,10 @@ class Reaper:
         mode: Mode,
         ids: list[bytes],
         report: ReapReport,
+        instance: str = "",
     ) -> bool:
-        """Returns False when the worker turned out to be alive."""
+        """Returns False when the worker turned out to be alive (for "recover": when
+        ``instance`` does not hold it)."""
         res = await self.scripts.reap_entries(
             keys=[self.keys.workflows],
             args=[
@@ -267,6 +270,7 @@ class Reaper:
                 self.app.max_deliveries,
                 self._poison,
                 self.app.dead_maxlen,
+                instance,
                 *ids,
             ],
         )

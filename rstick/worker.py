@@ -698,8 +698,12 @@ class Worker:
                 continue
             ids = [p["message_id"] for p in pending]
             stranded = [i for i in ids if f"{stream} {text(i)}" not in known]
-            if stranded:
-                await self.reaper.settle_entries(self._id, stream, stranded, report)
+            if not stranded:
+                continue
+            if not await self.reaper.settle_entries(
+                self._id, self.instance, stream, stranded, report
+            ):
+                return 0  # our heartbeat lapsed, or the id is another process's now
         if report:
             log.warning(
                 "recovered %s stranded by a lost reply",

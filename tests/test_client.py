@@ -296,6 +296,24 @@ def test_definitions_registered_by_a_worker_serve_another_process(
     assert other_app.get_run(flow.run_id).sticky is StickyStrategy.SOFT
 
 
+def test_a_client_registers_its_definitions_again_after_redis_lost_everything(
+    app: Rstick,
+) -> None:
+    define(app)
+    app.enqueue("add", {"x": 1, "y": 2})  # registered: the client will not send them again
+    app.enqueue_many("Flow", [{}])
+    sends = {
+        "add": lambda: [app.enqueue("add", {"x": 1, "y": 2})],
+        "Flow": lambda: app.enqueue_many("Flow", [{}, {}]),
+    }
+    for name, send in sends.items():
+        # A restart without persistence: the data and the scripts are gone.
+        app.client.redis.flushall()
+        app.client.redis.script_flush()
+        assert {ref.status() for ref in send()} == {RunStatus.QUEUED}
+        assert app.client.redis.hkeys(app.keys.workflows) == [name.encode()]
+
+
 def test_enqueue_registers_local_definitions_before_any_worker(
     app: Rstick, other_app: Rstick
 ) -> None:

@@ -1,13 +1,15 @@
 -- reap_entries: entries of a stream that a lost (or restarting) worker held.
 -- KEYS[1]  {ns}:wf (routing only)
 -- ARGV     prefix, worker, stream, kind, mode, max_deliveries, poison_error, dead_maxlen,
---          entry_id * n                                 (Python: rstick.reaper)
+--          instance, entry_id * n                       (Python: rstick.reaper)
 --          kind "pending": ids from the worker's pending list (delivered to it);
 --          kind "scan":    ids of its personal stream (delivered or not).
 --          mode as in reap_run.lua ("dead" checks the heartbeat atomically), or
 --          "recover": a live worker's own entries that it is not running (a take
 --          whose reply was lost with the connection): their steps were claimed but
---          never started, so they go back at the same attempt, no loss counted.
+--          never started, so they go back at the same attempt, no loss counted;
+--          only while `instance` (the calling process) holds the worker id, for a
+--          process whose id was taken over must not touch its successor's steps.
 -- For each entry: one whose run ended or moved on (stale attempt or epoch, pinned
 -- elsewhere) is deleted; a pending one still valid is dispatched again (a new
 -- attempt if its step was running), except, for a dead worker, the running step of
@@ -16,16 +18,18 @@
 -- scanned one stays when its run is pinned to the worker (a parked HARD run waits
 -- for it) and is dispatched again otherwise (a run's entry forwarded or handed to
 -- the worker: it may run anywhere).
--- Returns  {dispatched, deleted}, or "alive".
+-- Returns  {dispatched, deleted}, or "alive" (dead mode: the worker lives; recover
+--          mode: the id is not the caller's).
 local p, w, stream, kind, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local max_deliveries, poison_err, dead_max = ARGV[6], ARGV[7], ARGV[8]
+local max_deliveries, poison_err, dead_max, instance = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local now = now_ms()
 
 if mode == 'dead' and judge(p, w, now) then return 'alive' end
+if mode == 'recover' and not is_live(p, w, now, instance) then return 'alive' end
 
 local dispatched, deleted = 0, 0
 local own_stream = stream == personal_key(p, w)
-for j = 9, #ARGV do
+for j = 10, #ARGV do
   local id = ARGV[j]
   local found = redis.call('XRANGE', stream, id, id)
   local f = found[1] and entry_fields(found[1][2]) or {}

@@ -13,13 +13,16 @@ What a step does comes from the run's input (all keys optional):
 - ``hold``: ``["b:1", ...]``: step ``b`` at attempt 1 writes ``<dir>/<run>.b.1.held``
   and waits (at most ``HOLD_LIMIT`` seconds) until ``<dir>/<run>.b.release`` exists;
 - ``sleep``: seconds each step sleeps (a float), or ``{"step:attempt": seconds}``;
-- ``flaky``: ``["b:1", ...]``: those attempts raise, to exercise retries.
+- ``flaky``: ``["b:1", ...]``: those attempts raise, to exercise retries;
+- ``block``: ``{"b:1": seconds}``: that attempt of an async step blocks the event
+  loop that long (a blocking wait, as a careless ``time.sleep`` would).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,12 @@ app = Rstick()  # RSTICK_REDIS_URL / RSTICK_NAMESPACE, or the worker's --redis /
 
 HOLD_LIMIT = 60.0  # a held step never waits longer than this, even if the test dies
 HOLD_POLL = 0.02
+
+
+def nap(seconds: float) -> None:
+    """time.sleep, which fails with EINVAL under Debian's libfaketime 0.9.10 (its
+    clock_nanosleep mishandles TIMER_ABSTIME), and a skewed worker runs these steps."""
+    threading.Event().wait(seconds)
 
 
 class Flaky(RuntimeError):
@@ -64,14 +73,14 @@ def _hold(ctx: Context) -> None:
     release = folder / f"{ctx.run_id}.{ctx.step}.release"
     deadline = time.monotonic() + HOLD_LIMIT
     while not release.exists() and time.monotonic() < deadline:
-        time.sleep(HOLD_POLL)
+        nap(HOLD_POLL)
 
 
-def _seconds(ctx: Context) -> float:
-    sleep = _opts(ctx).get("sleep", 0.0)
-    if isinstance(sleep, dict):
-        return float(sleep.get(f"{ctx.step}:{ctx.attempt}", 0.0))
-    return float(sleep)
+def _seconds(ctx: Context, option: str = "sleep") -> float:
+    value = _opts(ctx).get(option, 0.0)
+    if isinstance(value, dict):
+        value = value.get(f"{ctx.step}:{ctx.attempt}", 0.0)
+    return min(float(value), HOLD_LIMIT)
 
 
 def _result(ctx: Context) -> dict[str, Any]:
@@ -84,7 +93,7 @@ def work(ctx: Context) -> dict[str, Any]:
     """A sync step: log, maybe wait for the test's gate, sleep, log, answer."""
     _log(ctx, "start")
     _hold(ctx)
-    time.sleep(_seconds(ctx))
+    nap(_seconds(ctx))
     out = _result(ctx)
     _log(ctx, "done")
     return out
@@ -94,6 +103,8 @@ async def awork(ctx: Context) -> dict[str, Any]:
     """The async twin of ``work``; a held async step waits in a thread."""
     _log(ctx, "start")
     await asyncio.to_thread(_hold, ctx)
+    # The mistake of an async step doing blocking work: the event loop stops.
+    nap(_seconds(ctx, "block"))
     await asyncio.sleep(_seconds(ctx))
     out = _result(ctx)
     _log(ctx, "done")
@@ -146,3 +157,34 @@ async def aslow(ctx: Context, **_: Any) -> dict[str, Any]:
 
 app.task(slow, timeout=0.3, retries=1, backoff=0.1)
 app.task(aslow, timeout=0.3, retries=1, backoff=0.1)
+
+# Brief3 waits at most BRIEF_TIMEOUT seconds for a worker with its code (a worker
+# of lacking_app has none).
+BRIEF_TIMEOUT = 1.0
+Brief3 = three_steps("Brief3", StickyStrategy.SOFT, BRIEF_TIMEOUT)
+
+# Steps that misbehave past their timeout, for the hung-step tests. None of them
+# runs longer than ``seconds`` (at most a minute), even if the test dies.
+HUNG_TIMEOUT = 0.2
+
+
+@app.task(timeout=HUNG_TIMEOUT)
+def hang(ctx: Context, seconds: float = 60.0, **_: Any) -> None:
+    """A sync step that ignores its timeout: a thread cannot be stopped."""
+    _log(ctx, "start")
+    nap(min(seconds, HOLD_LIMIT))
+    _log(ctx, "done")
+
+
+@app.task(timeout=HUNG_TIMEOUT)
+async def deaf(ctx: Context, seconds: float = 60.0, **_: Any) -> None:
+    """An async step that swallows every cancellation."""
+    _log(ctx, "start")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(seconds, HOLD_LIMIT)
+    while loop.time() < deadline:
+        try:
+            await asyncio.sleep(deadline - loop.time())
+        except asyncio.CancelledError:
+            continue
+    _log(ctx, "done")

@@ -8,11 +8,12 @@ Redis itself comes from ``rstick.server``. Every wait here is a bounded poll
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -127,7 +128,17 @@ class Workers:
             workflows=dict(chaos_app.app.workflows),
         )
 
-    def start(self, worker_id: str, *, concurrency: int | None = None, **opts: Any) -> Life:
+    def start(
+        self,
+        worker_id: str,
+        *,
+        concurrency: int | None = None,
+        app: str = APP,
+        env: Mapping[str, str] | None = None,
+        **opts: Any,
+    ) -> Life:
+        """``rstick worker APP`` under ``worker_id``; ``opts`` are its flags
+        (``worker_ttl=60`` is ``--worker-ttl 60``), ``env`` adds to its environment."""
         if worker_id in self.current:
             raise RuntimeError(f"worker {worker_id} is already running")
         settings = {
@@ -141,7 +152,7 @@ class Workers:
             "-c",
             LAUNCH,
             "worker",
-            APP,
+            app,
             "--worker-id", worker_id,
             "--concurrency", str(concurrency or self.concurrency),
             "--redis", self.url,
@@ -158,6 +169,7 @@ class Workers:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=None if env is None else {**os.environ, **env},
                 preexec_fn=die_with_this_process(),  # none outlives the test run
             )
         life = Life(worker_id, n, proc, log_path, time.time())

@@ -344,8 +344,16 @@ def test_entry_delivered_as_the_connection_drops_still_runs(crash: Crash) -> Non
     # What a Redis restart at the wrong moment does, step by step: Redis hands an
     # entry to the worker's read, and the reply is lost with the connection.
     crash.start("w1", worker_ttl=60)  # its pause below is no death
-    crash.workers.signal("w1", signal.SIGSTOP)
     redis, queue = crash.app.client.redis, crash.app.keys.queue("default")
+    # A reply can only be lost if a read is on its way: "registered" comes before
+    # the fetch loop's first read, and a worker stopped before it has no read to
+    # lose (it would find the entry only at its next recovery, a ttl later).
+    wait_until(
+        lambda: any(c["cmd"] == "xreadgroup" and "b" in c["flags"] for c in redis.client_list()),
+        RESULT_TIMEOUT,
+        "w1 to block in its read",
+    )
+    crash.workers.signal("w1", signal.SIGSTOP)
     assert redis.client_kill_filter(_type="normal", skipme=True) >= 1  # w1's connections
     ref = crash.enqueue("job")
     delivered = redis.xreadgroup(GROUP, "w1", {queue: ">"}, count=10)
