@@ -4,7 +4,9 @@ from .app import Rstick, StepDef, WorkflowDef
 from .client import AsyncRunRef, RunRef
 from .context import Context
 from .errors import (
+    ClientClosed,
     DefinitionError,
+    PoolTimeout,
     ResultTimeout,
     RstickError,
     RunCancelled,
@@ -21,8 +23,10 @@ from .worker import Worker
 
 __all__ = [
     "AsyncRunRef",
+    "ClientClosed",
     "Context",
     "DefinitionError",
+    "PoolTimeout",
     "ResultTimeout",
     "Rstick",
     "RstickError",
