@@ -13,10 +13,7 @@ import asyncio
 import multiprocessing
 import signal
 import threading
-import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -24,57 +21,11 @@ import redis
 
 from rstick import Rstick, RunCancelled
 from rstick.errors import ClientClosed, PoolTimeout, ResultTimeout
+from tests.integration.clients import connections, named_app, peak_connections, settled
 from tests.integration.procs import WorkerProcs, wait_for
 
 APP = "tests.integration.client_app:app"
 HANDFUL = 11  # the default pool_size (10) and one subscription
-SETTLE = 10.0  # seconds Redis may take to see a closed socket go
-
-
-def named_app(url: str, namespace: str, **settings: Any) -> tuple[Rstick, str]:
-    """An app whose every connection carries a client name of its own."""
-    name = f"rstick-test-{uuid.uuid4().hex[:8]}"
-    return Rstick(redis_url=f"{url}?client_name={name}", namespace=namespace, **settings), name
-
-
-def connections(url: str, name: str) -> int:
-    """Connections named ``name`` open on the server now."""
-    r = redis.Redis.from_url(url)
-    try:
-        return sum(1 for c in r.client_list() if c.get("name") == name)
-    finally:
-        r.close()
-
-
-def settled(url: str, name: str, count: int) -> int:
-    """Wait until Redis has dropped the sockets closed before this call: a closed
-    socket may outlive the close by one turn of its event loop."""
-    wait_for(lambda: connections(url, name) <= count, SETTLE, f"at most {count} connections")
-    return connections(url, name)
-
-
-@contextmanager
-def peak_connections(url: str, name: str) -> Iterator[list[int]]:
-    """The most connections named ``name`` that CLIENT LIST showed at once while the
-    block ran, sampled every 10 ms (yields a list that holds it at the end)."""
-    peak = [0]
-    stop = threading.Event()
-    r = redis.Redis.from_url(url)
-
-    def sample() -> None:
-        while not stop.is_set():
-            count = sum(1 for c in r.client_list() if c.get("name") == name)
-            peak[0] = max(peak[0], count)
-            stop.wait(0.01)  # leave the GIL to the client under test
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        yield peak
-    finally:
-        stop.set()
-        sampler.join(10)
-        r.close()
 
 
 def done_channels(url: str, namespace: str) -> list[bytes]:
