@@ -399,6 +399,9 @@ class AsyncNotices:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
+            except BaseException:  # cancelled (closed) while connecting: leave nothing open
+                await conn.disconnect()
+                raise
             self._conn = conn
             self._outgoing.clear()
             channels = self._subs.connect()
