@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis import Redis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .app import WorkflowDef
 from .codec import pack, unpack
@@ -410,9 +410,12 @@ class Client:
         key = self.keys.workflows
         results: list[Any] | None = None
         if not self._needs_register(wf):
-            conn = self._own_connection()
+            kept = self._thread_connections()
+            conn = None if kept is None else kept.get()
             if conn is not None:
                 results = self._send_packed(conn, calls, script.sha, key)
+                if kept is not None and kept.pool.closed:  # closed meanwhile: not reopened
+                    conn.disconnect()
             elif (pool := plain_pool(self.redis)) is not None:
                 conn = pool.get_connection()
                 try:
@@ -461,6 +464,11 @@ class Client:
         """This thread's connection for enqueue, taken from the sync pool once and given
         back when the thread ends; None when the pool is not a plain one (TLS,
         sentinel, fakeredis, ...) or enough threads keep one already."""
+        kept = self._thread_connections()
+        return None if kept is None else kept.get()
+
+    def _thread_connections(self) -> ThreadConnections | None:
+        """The connections threads keep from the sync pool, if it is a plain one."""
         pool = plain_pool(self.redis)
         if pool is None:
             return None
@@ -472,7 +480,7 @@ class Client:
                     # A fork or a new pool: the old one's connections are left untouched.
                     kept = ThreadConnections(pool, limit=self.app.pool_size // 2)
                     self._kept = kept
-        return kept.get()
+        return kept
 
     async def aenqueue(
         self,
@@ -718,12 +726,17 @@ class RunRef:
                 if notices.closed:
                     raise ClientClosed(self.run_id)
                 waiter.event.clear()
-                raw = waiter.status or redis.hget(client.keys.run(self.run_id), "status")
+                try:
+                    raw = waiter.status or redis.hget(client.keys.run(self.run_id), "status")
+                    if raw is not None and RunStatus(raw.decode()) in FINISHED:
+                        return client.outcome(self.run_id, redis)
+                except (RedisError, ClientClosed):
+                    if notices.closed:  # closed under this look
+                        raise ClientClosed(self.run_id) from None
+                    raise
                 looked = True
                 if raw is None:
                     raise RunNotFound(self.run_id)
-                if RunStatus(raw.decode()) in FINISHED:
-                    return client.outcome(self.run_id, redis)
         finally:
             notices.forget(waiter)
 
@@ -770,11 +783,18 @@ class AsyncRunRef:
                 if notices.closed:
                     raise ClientClosed(self.run_id)
                 waiter.rearm()
-                raw = waiter.status or await side.redis.hget(client.keys.run(self.run_id), "status")
+                try:
+                    raw = waiter.status or await side.redis.hget(
+                        client.keys.run(self.run_id), "status"
+                    )
+                    if raw is not None and RunStatus(raw.decode()) in FINISHED:
+                        return await client.aoutcome(self.run_id, side.redis)
+                except (RedisError, ClientClosed):
+                    if notices.closed:  # closed under this look
+                        raise ClientClosed(self.run_id) from None
+                    raise
                 looked = True
                 if raw is None:
                     raise RunNotFound(self.run_id)
-                if RunStatus(raw.decode()) in FINISHED:
-                    return await client.aoutcome(self.run_id, side.redis)
         finally:
             notices.forget(waiter)

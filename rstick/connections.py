@@ -57,6 +57,11 @@ class SyncPool(BlockingConnectionPool):
         self.closed = True
         self.disconnect()
 
+    def release(self, connection: Any) -> None:
+        super().release(connection)  # type: ignore[no-untyped-call]
+        if self.closed:  # a command that was running at close() reconnected it
+            connection.disconnect()
+
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         if self.closed:
             raise ClientClosed()
@@ -77,6 +82,11 @@ class AsyncPool(aioredis.BlockingConnectionPool):
     async def aclose(self) -> None:
         self.closed = True
         await super().aclose()
+
+    async def release(self, connection: Any) -> None:
+        await super().release(connection)
+        if self.closed:  # a command that was running at close reconnected it
+            await connection.disconnect()
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         if self.closed:

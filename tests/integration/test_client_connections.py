@@ -384,3 +384,26 @@ def test_close_ends_waits_in_progress(redis_url: str, namespace: str) -> None:
     t.join(30)
     assert [type(e) for e in outcome] == [ClientClosed]
     assert settled(redis_url, name, 0) == 0
+
+
+def test_a_wait_looking_at_its_run_when_the_client_closes_ends_too(
+    redis_url: str, namespace: str
+) -> None:
+    app, name = named_app(redis_url, namespace)
+
+    @app.task()
+    def never(ctx: Any) -> None:
+        return None
+
+    ref = app.enqueue("never")
+    redis_client = app.client.redis
+    hget = redis_client.hget
+
+    def close_then_hget(*args: Any) -> Any:
+        app.close()  # as another thread would, right under this look
+        return hget(*args)
+
+    redis_client.hget = close_then_hget
+    with pytest.raises(ClientClosed, match=f"while waiting for run {ref.run_id}"):
+        ref.result(timeout=60)
+    assert settled(redis_url, name, 0) == 0  # the closed pool reopened nothing
