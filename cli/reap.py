@@ -28,7 +28,7 @@ def reap(as_json: bool) -> None:
         try:
             return await Reaper(app).reap(lead=False)
         finally:
-            await app.client.aredis.aclose()
+            await app.aclose()
 
     report = asyncio.run(once())
     if as_json:

@@ -4,9 +4,11 @@ from .app import Rstick, StepDef, WorkflowDef
 from .client import AsyncRunRef, RunRef
 from .context import Context
 from .errors import (
+    ClientClosed,
     DefinitionError,
     LoginFailed,
     PayloadTooLarge,
+    PoolTimeout,
     ResultTimeout,
     RstickError,
     RunCancelled,
@@ -26,10 +28,12 @@ from .worker import Worker
 __all__ = [
     "AsyncRunRef",
     "Cancellation",
+    "ClientClosed",
     "Context",
     "DefinitionError",
     "LoginFailed",
     "PayloadTooLarge",
+    "PoolTimeout",
     "ResultTimeout",
     "Rstick",
     "RstickError",

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from .connections import POOL_SIZE, POOL_TIMEOUT
 from .credentials import hide_password
 from .errors import DefinitionError, TaskInputError
 from .keys import Keys
@@ -253,6 +254,8 @@ class Rstick:
     max_deliveries: int = 5  # a step that lost its worker this often is dead-lettered
     dead_maxlen: int = DEFAULT_DEAD_MAXLEN  # dead letters kept (about: trimmed in blocks)
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES  # an input or output, packed
+    pool_size: int = POOL_SIZE  # connections per pool: the sync side's, each event loop's
+    pool_timeout: float = POOL_TIMEOUT  # seconds a command waits for a free one
     workflows: dict[str, WorkflowDef] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -270,6 +273,14 @@ class Rstick:
             raise ValueError("worker_ttl must be longer than heartbeat")
         if self.dead_maxlen < 1:
             raise ValueError("dead_maxlen must be >= 1")
+        if isinstance(self.pool_size, bool) or not isinstance(self.pool_size, int):
+            raise ValueError(f"pool_size must be an int, not {self.pool_size!r}")
+        if self.pool_size < 1:
+            raise ValueError(f"pool_size must be at least 1, not {self.pool_size}")
+        if not 0 < self.pool_timeout < float("inf"):
+            raise ValueError(
+                f"pool_timeout must be a finite number of seconds > 0, not {self.pool_timeout!r}"
+            )
         self._client: Client | None = None
 
     def __repr__(self) -> str:
@@ -511,6 +522,26 @@ class Rstick:
         return self.client.list_workers()
 
     def close(self) -> None:
+        """Close every connection the app's client opened (its pools, its subscriptions,
+        on every event loop); it opens them again if used again."""
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    async def aclose(self) -> None:
+        """``close()`` for async code: the running loop's connections are closed when it returns."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def __enter__(self) -> Rstick:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Rstick:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import heapq
 import itertools
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis import Redis
-from redis.connection import Connection, ConnectionPool, UnixDomainSocketConnection
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .app import WorkflowDef
 from .codec import pack, unpack
+from .connections import AsyncPool, LoopSide, SyncPool, ThreadConnections, plain_pool
 from .errors import (
+    ClientClosed,
     ResultTimeout,
     RunCancelled,
     RunFailed,
@@ -31,13 +32,12 @@ from .errors import (
 )
 from .limits import optional_seconds, seconds
 from .names import check_name
+from .notices import AsyncWaiter, Notices, subscription_kwargs
 from .records import FINISHED, Cancellation, Run, RunStatus, WorkerInfo
 from .scripts import Scripts
 
 if TYPE_CHECKING:
     from .app import Rstick
-
-_PLAIN = (Connection, UnixDomainSocketConnection)  # pools whose connections enqueue keeps
 
 
 def _bulks(args: Iterable[Any]) -> bytes:
@@ -88,16 +88,7 @@ class _Call:
         )
 
 
-class _Held:
-    """A thread's connection for enqueue; its pool gets it back when this goes."""
-
-    __slots__ = ("__weakref__", "conn", "pid", "pool")
-
-    def __init__(self, pool: Any, pid: int, conn: Any) -> None:
-        self.pool, self.pid, self.conn = pool, pid, conn
-
-
-WAIT_POLL = 1.0  # seconds between status checks while waiting, should a notice be missed
+POLL = 5.0  # seconds between a waiter's own status checks: a safety net under the notices
 CANCEL_BATCH = 500  # cancel.lua calls per round trip, cancelling a tree of runs
 
 
@@ -108,20 +99,33 @@ def new_run_id() -> str:
 
 
 class Client:
-    """Enqueues runs and reads state; one per app, sync and async clients made lazily."""
+    """Enqueues runs, reads state and waits for results; one per app.
+
+    Its connections, all made when first needed: for sync code a pool of
+    ``app.pool_size`` connections (some kept by threads for enqueue) and one
+    subscription to done notices, shared by every thread; for async code the
+    same again on each event loop (``LoopSide``). A command waits up to
+    ``app.pool_timeout`` for a free connection. ``close()`` closes them all; a
+    client used again afterwards opens what it needs again, and so does a
+    client inherited over a fork, in the child."""
 
     def __init__(self, app: Rstick) -> None:
         self.app = app
         self.keys = app.keys
+        self.poll = POLL
         self._sync: Redis | None = None
-        self._async: aioredis.Redis | None = None
+        self._sync_given = False  # given by `use`: its owner closes it
         self._sync_scripts: Scripts | None = None
-        self._async_scripts: Scripts | None = None
+        self._kept: ThreadConnections | None = None
+        self._notices: Notices | None = None
+        self._async_given: aioredis.Redis | None = None
+        self._loops: dict[asyncio.AbstractEventLoop, LoopSide] = {}
+        self._last_loop: LoopSide | None = None
         self._defs: dict[str, WorkflowDef] = {}
         self._registered: set[str] = set()
-        self._local = threading.local()
         self._fields: dict[tuple[str, bool], _Fields] = {}
-        self._injected = False  # clients given to use(): tests on fakeredis
+        self._lock = threading.Lock()
+        self._lock_pid = os.getpid()
 
     # -- connections -------------------------------------------------------
 
@@ -129,33 +133,100 @@ class Client:
     # the clients are typed Any at this boundary and the values checked where used.
     @property
     def redis(self) -> Any:
-        if self._sync is None:
-            self._sync = Redis.from_url(str(self.app.redis_url))
-        return self._sync
+        sync = self._sync
+        if sync is None:
+            with self._guard():  # threads starting together make one pool, not one each
+                sync = self._sync
+                if sync is None:
+                    pool = SyncPool.from_url(
+                        str(self.app.redis_url),
+                        max_connections=self.app.pool_size,
+                        timeout=self.app.pool_timeout,
+                    )
+                    sync = self._sync = Redis(connection_pool=pool)
+        return sync
 
     @property
     def scripts(self) -> Scripts:
-        if self._sync_scripts is None:
-            self._sync_scripts = Scripts.register(self.redis)
-        return self._sync_scripts
+        scripts = self._sync_scripts
+        if scripts is None:
+            client = self.redis
+            with self._guard():
+                scripts = self._sync_scripts
+                if scripts is None:
+                    scripts = self._sync_scripts = Scripts.register(client)
+        return scripts
 
     @property
     def aredis(self) -> Any:
-        if self._async is None:
-            self._async = aioredis.Redis.from_url(str(self.app.redis_url))
-        return self._async
+        """The async client of the running event loop."""
+        return self._loop_side().redis
 
     @property
     def ascripts(self) -> Scripts:
-        if self._async_scripts is None:
-            self._async_scripts = Scripts.register(self.aredis)
-        return self._async_scripts
+        return self._loop_side().scripts
+
+    @property
+    def notices(self) -> Notices:
+        """The sync side's subscription to done notices."""
+        notices = self._notices
+        if notices is None or notices.closed or notices.pid != os.getpid():
+            with self._guard():
+                notices = self._notices
+                if notices is None or notices.closed or notices.pid != os.getpid():
+                    pool = self.redis.connection_pool
+                    kwargs = subscription_kwargs(pool.connection_kwargs)
+                    notices = Notices(lambda: pool.connection_class(**kwargs))
+                    self._notices = notices
+        return notices
+
+    def _loop_side(self) -> LoopSide:
+        loop = asyncio.get_running_loop()  # the async side is for code on an event loop
+        side = self._last_loop
+        if side is not None and side.loop is loop and not side.closed and side.pid == os.getpid():
+            return side
+        with self._guard():
+            side = self._loops.get(loop)
+            if side is None or side.closed or side.pid != os.getpid():
+                side = self._loops[loop] = self._new_loop_side(loop)
+        self._last_loop = side
+        return side
+
+    def _new_loop_side(self, loop: asyncio.AbstractEventLoop) -> LoopSide:
+        if self._async_given is not None:
+            return LoopSide(loop, self._async_given, owned=False, forget=self._forget_loop)
+        pool = AsyncPool.from_url(
+            str(self.app.redis_url),
+            max_connections=self.app.pool_size,
+            timeout=self.app.pool_timeout,
+        )
+        client = aioredis.Redis(connection_pool=pool)
+        return LoopSide(loop, client, owned=True, forget=self._forget_loop)
+
+    def _forget_loop(self, side: LoopSide) -> None:
+        with self._guard():
+            if self._loops.get(side.loop) is side:
+                del self._loops[side.loop]
+            if self._last_loop is side:
+                self._last_loop = None
+
+    def _guard(self) -> threading.Lock:
+        """The client's lock; a forked child makes its own (the parent's may have been
+        held by a thread that the child does not have), and forgets the parent's
+        event loops, whose connections are the parent's."""
+        pid = os.getpid()
+        if self._lock_pid != pid:
+            self._lock = threading.Lock()
+            self._lock_pid = pid
+            self._loops = {}
+            self._last_loop = None
+        return self._lock
 
     def dedicated(self, timeout: float) -> tuple[Any, Scripts]:
         """A sync client of its own, whose commands give up after ``timeout`` seconds,
         and its scripts: for a worker's heartbeat thread, which must not wait behind
         other users of the pool. A client given to ``use`` is shared instead."""
-        if self._injected:
+        if self._sync_given:
             return self.redis, self.scripts
         client = Redis.from_url(
             str(self.app.redis_url), socket_timeout=timeout, socket_connect_timeout=timeout
@@ -165,15 +236,51 @@ class Client:
     def use(self, sync: Redis | None = None, aio: aioredis.Redis | None = None) -> None:
         """Use these clients instead of connecting to ``redis_url`` (tests, fakeredis)."""
         if sync is not None:
-            self._injected = True
-            self._sync, self._sync_scripts = sync, None
+            self._sync, self._sync_given, self._sync_scripts = sync, True, None
+            self._kept = self._notices = None
         if aio is not None:
-            self._async, self._async_scripts = aio, None
+            self._async_given = aio
+            with self._guard():
+                self._loops.clear()
+                self._last_loop = None
+
+    def kept_connections(self) -> int:
+        """How many threads keep a connection for enqueue now."""
+        kept = self._kept
+        return kept.kept if kept is not None and kept.pid == os.getpid() else 0
 
     def close(self) -> None:
-        if self._sync is not None:
-            self._sync.close()
-        self._sync = None
+        """Close every connection of the client: the sync pool (with the connections
+        threads keep), the subscription (waits in progress raise ``ClientClosed``),
+        and the async side of every event loop. From inside a running loop, prefer
+        ``await aclose()``: that loop's side can only be scheduled to close here."""
+        with self._guard():
+            notices, self._notices = self._notices, None
+            sync = None
+            if not self._sync_given:  # a client given by `use` is its owner's to close
+                sync, self._sync = self._sync, None
+                self._sync_scripts = None
+                self._kept = None
+            sides = list(self._loops.values())
+            self._loops.clear()
+            self._last_loop = None
+        # The subscription first, so that the waits it wakes see it closed; a wait that
+        # was looking at its run meanwhile finds its pool closed (``ClientClosed``).
+        if notices is not None and notices.pid == os.getpid():
+            notices.close()
+        if sync is not None:
+            sync.connection_pool.close()
+        for side in sides:
+            side.close()
+
+    async def aclose(self) -> None:
+        """``close()`` for async code: this loop's side is closed before it returns."""
+        loop = asyncio.get_running_loop()
+        with self._guard():
+            side = self._loops.get(loop)
+        if side is not None:
+            await side.aclose()
+        self.close()
 
     # -- definitions -------------------------------------------------------
 
@@ -327,31 +434,29 @@ class Client:
 
         On a plain connection pool the commands are packed here (the hash fields of
         a workflow's runs once and for all) and sent on a connection this thread
-        keeps: redis-py's command path costs tens of microseconds per command, on
-        the way from enqueue to start. Otherwise, and should that connection fail,
-        they go in a redis-py pipeline of plain EVALSHA (its Script objects would
-        add a SCRIPT EXISTS round trip). Calls refused with NOSCRIPT (Redis lost
-        its scripts) are sent again once it is loaded. A run that got in before a
-        failure answers "exists" when sent again."""
+        keeps (or, when enough threads keep one, borrows for the call): redis-py's
+        command path costs tens of microseconds per command, on the way from
+        enqueue to start. Otherwise, and should that connection fail, they go in a
+        redis-py pipeline of plain EVALSHA (its Script objects would add a SCRIPT
+        EXISTS round trip). Calls refused with NOSCRIPT (Redis lost its scripts) are
+        sent again once it is loaded. A run that got in before a failure answers
+        "exists" when sent again."""
         script = self.scripts.enqueue
         key = self.keys.workflows
         results: list[Any] | None = None
-        conn = None if self._needs_register(wf) else self._own_connection()
-        if conn is not None:
-            try:
-                conn.send_packed_command([b"".join(c.packed(script.sha, key) for c in calls)])
-                results = []
-                for _ in calls:
-                    try:
-                        results.append(conn.read_response())
-                    except ResponseError as exc:
-                        results.append(exc)
-            except Exception:
-                conn.disconnect()  # it connects again when next used
-                results = None
-            except BaseException:  # interrupted mid-reply: the connection is unusable
-                conn.disconnect()
-                raise
+        if not self._needs_register(wf):
+            kept = self._thread_connections()
+            conn = None if kept is None else kept.get()
+            if conn is not None:
+                results = self._send_packed(conn, calls, script.sha, key)
+                if kept is not None and kept.pool.closed:  # closed meanwhile: not reopened
+                    conn.disconnect()
+            elif (pool := plain_pool(self.redis)) is not None:
+                conn = pool.get_connection()
+                try:
+                    results = self._send_packed(conn, calls, script.sha, key)
+                finally:
+                    pool.release(conn)
         if results is None:
             pipe = self.redis.pipeline(transaction=False)
             skip = self._register_local(pipe, wf)
@@ -376,21 +481,46 @@ class Client:
                 raise result
         return results
 
-    def _own_connection(self) -> Any:
-        """This thread's connection for enqueue, taken from the sync client's pool
-        once (and given back when the thread ends); None when the client is not a
-        plain one (TLS, sentinel, fakeredis, ...)."""
-        pool: Any = getattr(self.redis, "connection_pool", None)
-        held: _Held | None = getattr(self._local, "held", None)
-        pid = os.getpid()
-        if held is not None and held.pool is pool and held.pid == pid:
-            return held.conn
-        if type(pool) is not ConnectionPool or pool.connection_class not in _PLAIN:
+    @staticmethod
+    def _send_packed(conn: Any, calls: list[_Call], sha: str, key: str) -> list[Any] | None:
+        """The calls' replies (errors among them), or None if the connection failed."""
+        try:
+            conn.send_packed_command([b"".join(c.packed(sha, key) for c in calls)])
+            results = []
+            for _ in calls:
+                try:
+                    results.append(conn.read_response())
+                except ResponseError as exc:
+                    results.append(exc)
+            return results
+        except Exception:
+            conn.disconnect()  # it connects again when next used
             return None
-        held = _Held(pool, pid, pool.get_connection())
-        self._local.held = held  # a fork or a new client drops the old one, untouched
-        weakref.finalize(held, pool.release, held.conn).atexit = False
-        return held.conn
+        except BaseException:  # interrupted mid-reply: the connection is unusable
+            conn.disconnect()
+            raise
+
+    def _own_connection(self) -> Any:
+        """This thread's connection for enqueue, taken from the sync pool once and given
+        back when the thread ends; None when the pool is not a plain one (TLS,
+        sentinel, fakeredis, ...) or enough threads keep one already."""
+        kept = self._thread_connections()
+        return None if kept is None else kept.get()
+
+    def _thread_connections(self) -> ThreadConnections | None:
+        """The connections threads keep from the sync pool, if it is a plain one."""
+        pool = plain_pool(self.redis)
+        if pool is None:
+            return None
+        kept = self._kept
+        if kept is None or kept.pool is not pool or kept.pid != os.getpid():
+            with self._guard():
+                kept = self._kept
+                if kept is None or kept.pool is not pool or kept.pid != os.getpid():
+                    # A fork or a new pool: the old one's connections are left untouched.
+                    kept = ThreadConnections(pool, limit=self.app.pool_size // 2)
+                    self._kept = kept
+        return kept
 
     async def aenqueue(
         self,
@@ -604,25 +734,27 @@ class Client:
 
     # -- results -----------------------------------------------------------
 
-    def outcome(self, run_id: str, raw_status: bytes | None) -> Any:
+    def outcome(self, run_id: str, redis: Any = None) -> Any:
         """The result of a finished run, or the exception that says why there is none."""
-        status = RunStatus(raw_status.decode()) if raw_status else None
-        if status == RunStatus.SUCCEEDED:
-            outs = {
-                k.decode(): unpack(v) for k, v in self.redis.hgetall(self.keys.out(run_id)).items()
-            }
-            return _shape(self.get_run(run_id), outs)
-        return self._raise_for(self.get_run(run_id))
+        pipe = (redis or self.redis).pipeline(transaction=False)
+        pipe.hgetall(self.keys.run(run_id))
+        pipe.hgetall(self.keys.out(run_id))
+        return self._outcome(run_id, *pipe.execute())
 
-    async def aoutcome(self, run_id: str) -> Any:
-        raw = await self.aredis.hgetall(self.keys.run(run_id))
-        run = Run.from_hash(run_id, raw)
+    async def aoutcome(self, run_id: str, redis: Any = None) -> Any:
+        pipe = (redis or self.aredis).pipeline(transaction=False)
+        pipe.hgetall(self.keys.run(run_id))
+        pipe.hgetall(self.keys.out(run_id))
+        return self._outcome(run_id, *(await pipe.execute()))
+
+    def _outcome(
+        self, run_id: str, raw_run: dict[bytes, bytes], raw_out: dict[bytes, bytes]
+    ) -> Any:
+        if not raw_run:
+            raise RunNotFound(run_id)
+        run = Run.from_hash(run_id, raw_run)
         if run.status == RunStatus.SUCCEEDED:
-            outs = {
-                k.decode(): unpack(v)
-                for k, v in (await self.aredis.hgetall(self.keys.out(run_id))).items()
-            }
-            return _shape(run, outs)
+            return _shape(run, {k.decode(): unpack(v) for k, v in raw_out.items()})
         return self._raise_for(run)
 
     @staticmethod
@@ -675,25 +807,39 @@ class RunRef:
             return self._wait(timeout)
 
     def _wait(self, timeout: float | None) -> Any:
-        keys = self.client.keys
+        """Subscribe, then look at the run each time the subscription wakes us: once
+        it is confirmed, when the run's notice comes, after a reconnection; and
+        every ``client.poll`` seconds in any case."""
+        client = self.client
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.client.redis.pubsub(ignore_subscribe_messages=True)
+        redis = client.redis  # this one all along: once closed, it reopens nothing
+        notices = client.notices
+        waiter = notices.watch(client.keys.done(self.run_id).encode())
         try:
-            pubsub.subscribe(keys.done(self.run_id))
+            looked = False
             while True:
-                raw = self.client.redis.hget(keys.run(self.run_id), "status")
-                if raw is None:
-                    raise RunNotFound(self.run_id)
-                if RunStatus(raw.decode()) in FINISHED:
-                    return self.client.outcome(self.run_id, raw)
-                wait = WAIT_POLL
+                wait = client.poll
                 if deadline is not None:
                     wait = min(wait, deadline - time.monotonic())
-                    if wait <= 0:
+                    if looked and wait <= 0:
                         raise ResultTimeout(f"run {self.run_id} did not finish in {timeout}s")
-                pubsub.get_message(timeout=wait)
+                waiter.event.wait(max(wait, 0.0))
+                if notices.closed:
+                    raise ClientClosed(self.run_id)
+                waiter.event.clear()
+                try:
+                    raw = waiter.status or redis.hget(client.keys.run(self.run_id), "status")
+                    if raw is not None and RunStatus(raw.decode()) in FINISHED:
+                        return client.outcome(self.run_id, redis)
+                except (RedisError, ClientClosed):
+                    if notices.closed:  # closed under this look
+                        raise ClientClosed(self.run_id) from None
+                    raise
+                looked = True
+                if raw is None:
+                    raise RunNotFound(self.run_id)
         finally:
-            pubsub.close()
+            notices.forget(waiter)
 
 
 class AsyncRunRef:
@@ -720,19 +866,37 @@ class AsyncRunRef:
             return await self._wait(timeout)
 
     async def _wait(self, timeout: float | None) -> Any:
-        keys = self.client.keys
+        """As ``RunRef._wait``, on this event loop's subscription."""
+        client = self.client
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.client.aredis.pubsub(ignore_subscribe_messages=True)
+        side = client._loop_side()  # this one all along: once closed, it reopens nothing
+        notices = side.notices
+        waiter: AsyncWaiter = notices.watch(client.keys.done(self.run_id).encode())
         try:
-            await pubsub.subscribe(keys.done(self.run_id))
+            looked = False
             while True:
-                if (await self.status()) in FINISHED:
-                    return await self.client.aoutcome(self.run_id)
-                wait = WAIT_POLL
+                wait = client.poll
                 if deadline is not None:
                     wait = min(wait, deadline - time.monotonic())
-                    if wait <= 0:
+                    if looked and wait <= 0:
                         raise ResultTimeout(f"run {self.run_id} did not finish in {timeout}s")
-                await pubsub.get_message(timeout=wait)
+                if not waiter.future.done():
+                    await asyncio.wait((waiter.future,), timeout=max(wait, 0.0))
+                if notices.closed:
+                    raise ClientClosed(self.run_id)
+                waiter.rearm()
+                try:
+                    raw = waiter.status or await side.redis.hget(
+                        client.keys.run(self.run_id), "status"
+                    )
+                    if raw is not None and RunStatus(raw.decode()) in FINISHED:
+                        return await client.aoutcome(self.run_id, side.redis)
+                except (RedisError, ClientClosed):
+                    if notices.closed:  # closed under this look
+                        raise ClientClosed(self.run_id) from None
+                    raise
+                looked = True
+                if raw is None:
+                    raise RunNotFound(self.run_id)
         finally:
-            await pubsub.aclose()
+            notices.forget(waiter)

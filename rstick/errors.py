@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 
 class RstickError(Exception):
     """Base class of every rstick error."""
@@ -65,6 +67,20 @@ class RunNotFound(RstickError):
 
 class ResultTimeout(RstickError, TimeoutError):
     """``RunRef.result`` gave up waiting."""
+
+
+class ClientClosed(RstickError):
+    """The client was closed under a command or a wait that was still going on."""
+
+    def __init__(self, run_id: str | None = None) -> None:
+        waiting = f" while waiting for run {run_id}" if run_id else ""
+        super().__init__(f"the client was closed{waiting}")
+        self.run_id = run_id
+
+
+class PoolTimeout(RstickError, RedisConnectionError):
+    """No pooled connection came free in time; the message names the pool and its size.
+    A redis-py ``ConnectionError`` too, as the error it replaces was."""
 
 
 @dataclass

@@ -59,10 +59,10 @@ async def stop_beating(app: Rstick, worker_id: str) -> None:
     await app.client.aredis.hset(app.keys.worker(worker_id), "deadline", 1)
 
 
-def sibling(app: Rstick) -> Rstick:
-    """Another app (another code base) on the same fake server and namespace."""
+def sibling(app: Rstick, **settings: Any) -> Rstick:
+    """Another app (another code base, or settings) on the same fake server and namespace."""
     server = app.client.redis.connection_pool.connection_kwargs["server"]
-    other = Rstick(redis_url="redis://fake", namespace=app.namespace)
+    other = Rstick(redis_url="redis://fake", namespace=app.namespace, **settings)
     other.client.use(
         sync=fakeredis.FakeRedis(server=server), aio=fakeredis.FakeAsyncRedis(server=server)
     )

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from clock import FakeClock
-from drive import drain, run, started
+from drive import drain, run, sibling, started
 
 from rstick import Context, Rstick, StickyStrategy, Worker
 from rstick.errors import WorkerIdInUse
@@ -47,8 +47,7 @@ def events(app: Rstick, run_id: str, ev: str) -> list[dict[str, Any]]:
 
 def test_a_worker_is_judged_by_its_own_ttl_on_redis_time(app: Rstick, clock: FakeClock) -> None:
     define(app)
-    patient = Rstick(redis_url="redis://fake", namespace=app.namespace, worker_ttl=60)
-    patient.client.use(sync=app.client.redis, aio=app.client.aredis)
+    patient = sibling(app, worker_ttl=60)
 
     async def scenario() -> None:
         async with started(app, "quick"), started(patient, "slow"):
@@ -82,8 +81,7 @@ def test_the_first_beat_after_an_outage_gives_every_worker_its_ttl_again(
     app: Rstick, clock: FakeClock
 ) -> None:
     define(app)
-    patient = Rstick(redis_url="redis://fake", namespace=app.namespace, worker_ttl=60)
-    patient.client.use(sync=app.client.redis, aio=app.client.aredis)
+    patient = sibling(app, worker_ttl=60)
 
     async def scenario() -> None:
         async with started(app, "w1", "w2") as (w1, _), started(patient, "w3"):

@@ -77,7 +77,7 @@ def test_a_worker_warns_once_and_refuses_before_it_registers(
     def job(ctx: Any) -> None:
         return None
 
-    fake = app.client.aredis
+    fake = app.client._async_given  # the fake server's async client, which every loop uses
     answers = {"maxmemory_policy": "volatile-lru", "aof_enabled": 1}
     monkeypatch.setattr(fake, "info", Server(answers, "").info, raising=False)
     worker = Worker(app, worker_id="w1")

@@ -15,6 +15,7 @@ import redis
 from examples.sticky_files.start import run_example
 from rstick.keys import Keys
 from rstick.server import RedisServer, redis_available
+from tests.integration.clients import connections, named_url, peak_connections
 from tests.integration.procs import ROOT, WorkerProcs, rstick_command, subprocess_env
 
 # -- the sticky file-processing example ----------------------------------------
@@ -141,6 +142,38 @@ def test_ordinary_children_do_not_deadlock_one_worker_with_one_slot(
             child = client.get_run(result[step]["child_run"])
             assert child.parent == f"{ref.run_id}/{step}"
             assert child.status == "succeeded"
+
+
+# -- the web app example ------------------------------------------------------------
+
+
+def test_the_web_app_example_answers_many_requests_on_few_connections(
+    redis_url: str, make_workers: Callable[[str, str], WorkerProcs], namespace: str
+) -> None:
+    workers = make_workers(redis_url, namespace)
+    workers.start_many(2, "examples.web_app:app", concurrency=10)
+    url, name = named_url(redis_url, "web-example")
+    with peak_connections(redis_url, name) as peak:
+        out = subprocess.run(
+            [sys.executable, "-m", "examples.web_app", "--requests", "1000"],
+            cwd=ROOT,
+            env=dict(subprocess_env(), RSTICK_REDIS_URL=url, RSTICK_NAMESPACE=namespace),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [line.split(", by workers ") for line in out.stdout.splitlines()]
+    assert [head for head, _ in lines] == [
+        "async server: 1000 requests answered",
+        "threaded server (32 threads): 1000 requests answered",
+    ]
+    for _, names in lines:
+        assert set(names.split(", ")) <= {"w1", "w2"}
+    # One side at a time was open (`async with app` closed the first): a pool of 10
+    # and a subscription.
+    assert 2 <= peak[0] <= 11
+    assert connections(redis_url, name) == 0
 
 
 # -- rstick demo ------------------------------------------------------------------
