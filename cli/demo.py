@@ -19,8 +19,8 @@ from types import ModuleType
 
 import click
 
-from rstick.app import DEFAULT_URL
 from rstick.credentials import hide_password
+from rstick.defaults import REDIS_URL as DEFAULT_URL
 from rstick.server import RedisServer, RedisServerError, redis_available
 
 from .errors import Fail

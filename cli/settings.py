@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 import click
 
 from rstick import Rstick
-from rstick.app import DEFAULT_URL
 from rstick.credentials import hide_password
+from rstick.defaults import REDIS_URL as DEFAULT_URL
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -1,8 +1,8 @@
 """rstick: sticky workflow runs and fast jobs on Redis Streams."""
 
-from .app import Rstick, StepDef, WorkflowDef
-from .client import AsyncRunRef, RunRef
+from .app import Rstick
 from .context import Context
+from .definitions import StepDef, WorkflowDef
 from .errors import (
     ClientClosed,
     DefinitionError,
@@ -23,6 +23,7 @@ from .errors import (
     WorkerIdInUse,
 )
 from .records import Cancellation, Run, RunStatus, StepState, StepStatus, StickyStrategy, WorkerInfo
+from .refs import AsyncRunRef, RunRef
 from .worker import Worker
 
 __all__ = [

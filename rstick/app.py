@@ -2,170 +2,30 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
-import json
 import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from .connections import POOL_SIZE, POOL_TIMEOUT
+from . import defaults
 from .credentials import hide_password
-from .errors import DefinitionError, TaskInputError
+from .definitions import StepDef, WorkflowDef, link_steps
+from .errors import DefinitionError
 from .keys import Keys
-from .limits import DEFAULT_MAX_PAYLOAD_BYTES, count, optional_seconds, seconds
+from .limits import count, optional_seconds, seconds
 from .names import check_name
 from .records import StickyStrategy
 
 if TYPE_CHECKING:
-    from .client import AsyncRunRef, Client, RunRef
+    from .client import Client
     from .records import Cancellation, Run, WorkerInfo
+    from .refs import AsyncRunRef, RunRef
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
-DEFAULT_URL = "redis://localhost:6379/0"
-DEFAULT_SCHEDULE_TIMEOUT = 300.0  # seconds a HARD run waits for its worker
-DEFAULT_DEAD_MAXLEN = 10_000  # dead letters kept; older ones are trimmed
 _STEP_ATTR = "__rstick_step__"
-
-
-@dataclass(frozen=True)
-class StepDef:
-    name: str
-    fn: Callable[..., Any]
-    parents: tuple[str, ...] = ()
-    retries: int = 0
-    timeout: float | None = None
-    backoff: float = 1.0  # seconds before the first retry; doubles each attempt
-    schedule_timeout: float | None = None
-    children: tuple[str, ...] = ()
-
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.fn)
-
-    @functools.cached_property
-    def signature(self) -> inspect.Signature | None:
-        """The function's signature; None when this process does not have the code."""
-        if self.fn is _remote_step:
-            return None
-        try:
-            return inspect.signature(self.fn)
-        except (TypeError, ValueError):  # a callable without one (some builtins)
-            return None
-
-    @functools.cached_property
-    def _binds_alone(self) -> bool:
-        """Whether ``fn(ctx)`` binds: a task without input, on the way of every enqueue."""
-        if self.signature is None:
-            return True
-        try:
-            self.signature.bind(None)
-        except TypeError:
-            return False
-        return True
-
-    def task_arguments(self, ctx: Any, input: Any) -> dict[str, Any]:
-        """The keyword arguments of this task's function for ``input``, refused
-        with TaskInputError unless ``fn(ctx, **input)`` binds: a task's input is
-        a dict of keyword arguments (str keys), or None for none."""
-        if input is None:
-            if self._binds_alone:  # the same answer every time: bound once
-                return {}
-            kwargs: dict[str, Any] = {}
-        elif isinstance(input, dict) and all(isinstance(k, str) for k in input):
-            kwargs = input
-        else:
-            what = "a dict with non-str keys" if isinstance(input, dict) else type(input).__name__
-            raise TaskInputError(
-                f"task {self.name!r} takes a dict of keyword arguments (or None) as input, "
-                f"not {what}"
-            )
-        if self.signature is not None:
-            try:
-                self.signature.bind(ctx, **kwargs)
-            except TypeError as exc:
-                raise TaskInputError(f"task {self.name!r} cannot take this input: {exc}") from None
-        return kwargs
-
-    def retry_delay(self, attempt: int) -> float:
-        """Backoff before attempt ``attempt + 1``, capped at five minutes."""
-        # 2**64 seconds is past the cap for any backoff the definition accepts, and a
-        # float can hold it (2**1024 cannot, and retries may be that many).
-        return float(min(self.backoff * 2 ** min(attempt - 1, 64), 300.0))
-
-
-@dataclass(frozen=True)
-class WorkflowDef:
-    name: str
-    steps: dict[str, StepDef]
-    sticky: StickyStrategy = StickyStrategy.NONE
-    queue: str = "default"
-    on_events: tuple[str, ...] = ()
-    schedule_timeout: float = 300.0
-    is_task: bool = False
-    cls: type | None = None
-    retention: float | None = None  # seconds a finished run stays; None: the app's
-
-    @property
-    def roots(self) -> list[str]:
-        return [s.name for s in self.steps.values() if not s.parents]
-
-    def to_json(self) -> str:
-        """The definition as workers register it: what a client without the code
-        needs to enqueue a run exactly as one with the code would."""
-        return json.dumps(
-            {
-                "name": self.name,
-                "sticky": self.sticky.value,
-                "queue": self.queue,
-                "events": list(self.on_events),
-                "task": self.is_task,
-                "schedule_timeout": self.schedule_timeout,
-                "retention": self.retention,
-                "steps": [
-                    {
-                        "name": s.name,
-                        "parents": list(s.parents),
-                        "retries": s.retries,
-                        "timeout": s.timeout,
-                        "backoff": s.backoff,
-                        "schedule_timeout": s.schedule_timeout,
-                    }
-                    for s in self.steps.values()
-                ],
-            }
-        )
-
-    @classmethod
-    def from_json(cls, data: str | bytes) -> WorkflowDef:
-        """A definition read back from Redis: enough to enqueue, not to run."""
-        d = json.loads(data)
-        steps = {
-            s["name"]: StepDef(
-                s["name"],
-                _remote_step,
-                tuple(s["parents"]),
-                s.get("retries", 0),
-                s.get("timeout"),
-                s.get("backoff", 1.0),
-                s.get("schedule_timeout"),
-            )
-            for s in d["steps"]
-        }
-        return cls(
-            name=d["name"],
-            steps=_link(d["name"], steps),
-            sticky=StickyStrategy(d["sticky"]),
-            queue=d["queue"],
-            on_events=tuple(d.get("events", ())),
-            schedule_timeout=float(d.get("schedule_timeout", DEFAULT_SCHEDULE_TIMEOUT)),
-            is_task=bool(d.get("task", False)),
-            retention=d.get("retention"),
-        )
 
 
 def _check_events(on_events: Iterable[str]) -> tuple[str, ...]:
@@ -189,55 +49,6 @@ def _check_numbers(
     )
 
 
-def _remote_step(*_: Any) -> Any:  # pragma: no cover - never called
-    raise RuntimeError("this step is defined in another process")
-
-
-def _link(workflow: str, steps: dict[str, StepDef]) -> dict[str, StepDef]:
-    """Check the DAG (unknown parents, cycles) and fill in each step's children."""
-    for s in steps.values():
-        for parent in s.parents:
-            if parent not in steps:
-                raise DefinitionError(
-                    f"workflow {workflow!r}: step {s.name!r} has unknown parent {parent!r}"
-                )
-            if parent == s.name:
-                raise DefinitionError(f"workflow {workflow!r}: step {s.name!r} is its own parent")
-    # Kahn's algorithm: whatever cannot be ordered sits on a cycle.
-    pending = {name: len(s.parents) for name, s in steps.items()}
-    ready = [name for name, n in pending.items() if n == 0]
-    children: dict[str, list[str]] = {name: [] for name in steps}
-    for s in steps.values():
-        for parent in s.parents:
-            children[parent].append(s.name)
-    seen = 0
-    while ready:
-        name = ready.pop()
-        seen += 1
-        for child in children[name]:
-            pending[child] -= 1
-            if pending[child] == 0:
-                ready.append(child)
-    if seen != len(steps):
-        cycle = sorted(name for name, n in pending.items() if n > 0)
-        raise DefinitionError(f"workflow {workflow!r}: steps {cycle} form a cycle")
-    if not steps:
-        raise DefinitionError(f"workflow {workflow!r} has no steps")
-    return {
-        name: StepDef(
-            s.name,
-            s.fn,
-            s.parents,
-            s.retries,
-            s.timeout,
-            s.backoff,
-            s.schedule_timeout,
-            tuple(children[name]),
-        )
-        for name, s in steps.items()
-    }
-
-
 @dataclass
 class Rstick:
     """An rstick application: where to find Redis, and the workflows it knows.
@@ -248,19 +59,19 @@ class Rstick:
 
     redis_url: str | None = None
     namespace: str | None = None
-    heartbeat: float = 2.0  # seconds between a worker's heartbeats
-    worker_ttl: float = 10.0  # a worker is dead after this long without one
-    retention: float = 86400.0  # seconds a finished run stays readable
-    max_deliveries: int = 5  # a step that lost its worker this often is dead-lettered
-    dead_maxlen: int = DEFAULT_DEAD_MAXLEN  # dead letters kept (about: trimmed in blocks)
-    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES  # an input or output, packed
-    pool_size: int = POOL_SIZE  # connections per pool: the sync side's, each event loop's
-    pool_timeout: float = POOL_TIMEOUT  # seconds a command waits for a free one
+    heartbeat: float = defaults.HEARTBEAT  # seconds between a worker's heartbeats
+    worker_ttl: float = defaults.WORKER_TTL  # a worker is dead after this long without one
+    retention: float = defaults.RETENTION  # seconds a finished run stays readable
+    max_deliveries: int = defaults.MAX_DELIVERIES  # losses of its worker a step survives
+    dead_maxlen: int = defaults.DEAD_MAXLEN  # dead letters kept (about: trimmed in blocks)
+    max_payload_bytes: int = defaults.MAX_PAYLOAD_BYTES  # an input or output, packed
+    pool_size: int = defaults.POOL_SIZE  # connections per pool: sync side, each event loop
+    pool_timeout: float = defaults.POOL_TIMEOUT  # seconds a command waits for a free one
     workflows: dict[str, WorkflowDef] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.redis_url = self.redis_url or os.environ.get("RSTICK_REDIS_URL") or DEFAULT_URL
-        self.namespace = self.namespace or os.environ.get("RSTICK_NAMESPACE") or "rstick"
+        self.redis_url = self.redis_url or os.environ.get("RSTICK_REDIS_URL") or defaults.REDIS_URL
+        self.namespace = self.namespace or os.environ.get("RSTICK_NAMESPACE") or defaults.NAMESPACE
         self.heartbeat = seconds("heartbeat", self.heartbeat, positive=True)
         self.worker_ttl = seconds("worker_ttl", self.worker_ttl, positive=True)
         # Runs expire with EXPIRE, in whole seconds: 0 would delete them at once.
@@ -292,7 +103,7 @@ class Rstick:
 
     @property
     def keys(self) -> Keys:
-        return Keys(self.namespace or "rstick")
+        return Keys(self.namespace or defaults.NAMESPACE)
 
     # -- definitions -------------------------------------------------------
 
@@ -304,9 +115,9 @@ class Rstick:
         self,
         parents: Iterable[str] = (),
         *,
-        retries: int = 0,
+        retries: int = defaults.RETRIES,
         timeout: float | None = None,
-        backoff: float = 1.0,
+        backoff: float = defaults.BACKOFF,
         schedule_timeout: float | None = None,
         name: str | None = None,
     ) -> Callable[[F], F]: ...
@@ -315,9 +126,9 @@ class Rstick:
         self,
         parents: Iterable[str] | Callable[..., Any] = (),
         *,
-        retries: int = 0,
+        retries: int = defaults.RETRIES,
         timeout: float | None = None,
-        backoff: float = 1.0,
+        backoff: float = defaults.BACKOFF,
         schedule_timeout: float | None = None,
         name: str | None = None,
     ) -> Any:
@@ -357,9 +168,9 @@ class Rstick:
         *,
         sticky: StickyStrategy | None = None,
         on_events: Iterable[str] = (),
-        queue: str = "default",
+        queue: str = defaults.QUEUE,
         name: str | None = None,
-        schedule_timeout: float = DEFAULT_SCHEDULE_TIMEOUT,
+        schedule_timeout: float = defaults.SCHEDULE_TIMEOUT,
         retention: float | None = None,
     ) -> Callable[[type[T]], type[T]]:
         """Register a class whose ``@app.step`` methods form a workflow.
@@ -385,7 +196,7 @@ class Rstick:
             self._add(
                 WorkflowDef(
                     wf_name,
-                    _link(wf_name, steps),
+                    link_steps(wf_name, steps),
                     sticky or StickyStrategy.NONE,
                     queue,
                     events,
@@ -406,10 +217,10 @@ class Rstick:
         self,
         fn: None = None,
         *,
-        retries: int = 0,
+        retries: int = defaults.RETRIES,
         timeout: float | None = None,
-        backoff: float = 1.0,
-        queue: str = "default",
+        backoff: float = defaults.BACKOFF,
+        queue: str = defaults.QUEUE,
         name: str | None = None,
         on_events: Iterable[str] = (),
         retention: float | None = None,
@@ -419,10 +230,10 @@ class Rstick:
         self,
         fn: Callable[..., Any] | None = None,
         *,
-        retries: int = 0,
+        retries: int = defaults.RETRIES,
         timeout: float | None = None,
-        backoff: float = 1.0,
-        queue: str = "default",
+        backoff: float = defaults.BACKOFF,
+        queue: str = defaults.QUEUE,
         name: str | None = None,
         on_events: Iterable[str] = (),
         retention: float | None = None,
@@ -443,7 +254,7 @@ class Rstick:
             self._add(
                 WorkflowDef(
                     wf_name,
-                    _link(wf_name, {wf_name: step}),
+                    link_steps(wf_name, {wf_name: step}),
                     StickyStrategy.NONE,
                     queue,
                     events,

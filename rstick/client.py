@@ -4,92 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import heapq
-import itertools
 import os
 import threading
-import time
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis import Redis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError
 
-from .app import WorkflowDef
-from .codec import pack, unpack
+from .admin import Admin
+from .codec import pack
 from .connections import AsyncPool, LoopSide, SyncPool, ThreadConnections, plain_pool
+from .definitions import WorkflowDef
 from .errors import (
-    ClientClosed,
-    ResultTimeout,
     RunCancelled,
-    RunFailed,
-    RunNotFound,
-    StepError,
     UnknownWorkflow,
 )
-from .limits import optional_seconds, seconds
+from .fastpath import Call, Fields, bulks, send_packed
+from .limits import seconds
 from .names import check_name
-from .notices import AsyncWaiter, Notices, subscription_kwargs
-from .records import FINISHED, Cancellation, Run, RunStatus, WorkerInfo
+from .notices import Notices, subscription_kwargs
+from .refs import AsyncRunRef, RunRef
 from .scripts import Scripts
 
 if TYPE_CHECKING:
     from .app import Rstick
 
 
-def _bulks(args: Iterable[Any]) -> bytes:
-    """Arguments as RESP bulk strings, encoded as redis-py does (str as UTF-8,
-    numbers by repr)."""
-    out = []
-    for value in args:
-        if isinstance(value, str):
-            value = value.encode()
-        elif not isinstance(value, bytes):
-            value = repr(value).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(value), value))
-    return b"".join(out)
-
-
-@dataclass(frozen=True)
-class _Fields:
-    """The part of enqueue.lua's ARGV that every run of a definition shares."""
-
-    wf: WorkflowDef
-    args: list[Any]
-    packed: bytes
-
-
-@dataclass(frozen=True)
-class _Call:
-    """One call of enqueue.lua: its ARGV is head, the definition's fields, tail."""
-
-    run_id: str
-    head: list[Any]
-    fields: _Fields
-    tail: list[Any]
-
-    @property
-    def args(self) -> list[Any]:
-        return [*self.head, *self.fields.args, *self.tail]
-
-    def packed(self, sha: str, key: str) -> bytes:
-        """EVALSHA sha 1 key ARGV..., as the bytes Redis reads."""
-        n = 4 + len(self.head) + len(self.fields.args) + len(self.tail)
-        return b"".join(
-            (
-                b"*%d\r\n" % n,
-                _bulks(("EVALSHA", sha, 1, key, *self.head)),
-                self.fields.packed,
-                _bulks(self.tail),
-            )
-        )
-
-
 POLL = 5.0  # seconds between a waiter's own status checks: a safety net under the notices
-CANCEL_BATCH = 500  # cancel.lua calls per round trip, cancelling a tree of runs
 
 
 def new_run_id() -> str:
@@ -98,7 +41,7 @@ def new_run_id() -> str:
     return os.urandom(16).hex()
 
 
-class Client:
+class Client(Admin):
     """Enqueues runs, reads state and waits for results; one per app.
 
     Its connections, all made when first needed: for sync code a pool of
@@ -123,7 +66,7 @@ class Client:
         self._last_loop: LoopSide | None = None
         self._defs: dict[str, WorkflowDef] = {}
         self._registered: set[str] = set()
-        self._fields: dict[tuple[str, bool], _Fields] = {}
+        self._fields: dict[tuple[str, bool], Fields] = {}
         self._lock = threading.Lock()
         self._lock_pid = os.getpid()
 
@@ -340,7 +283,7 @@ class Client:
         delay: float = 0.0,
         pin: str = "",
         parent: tuple[str, str] = ("", ""),
-    ) -> _Call:
+    ) -> Call:
         if type(delay) is not float or delay != 0.0:  # the default needs no check
             delay = seconds("delay", delay)
         _check_task_input(wf, input)
@@ -350,9 +293,9 @@ class Client:
         tail = ["worker", pin, "input", data, "parent_run", parent[0], "parent_step", parent[1]]
         if pin and parent[0]:  # a sticky child: it goes where its parent goes (reap_run.lua)
             tail += ["sticky_child", "1"]
-        return _Call(run_id, head, self.run_fields(wf, pinned=bool(pin)), tail)
+        return Call(run_id, head, self.run_fields(wf, pinned=bool(pin)), tail)
 
-    def run_fields(self, wf: WorkflowDef, *, pinned: bool) -> _Fields:
+    def run_fields(self, wf: WorkflowDef, *, pinned: bool) -> Fields:
         """What enqueue.lua is given for any run of ``wf``, built (and packed) once
         per definition: the roots it dispatches now, then the run's hash.
 
@@ -382,7 +325,7 @@ class Client:
             if s.schedule_timeout is not None:
                 args += [f"{s.name}.sto", s.schedule_timeout]
         args += ["steps", " ".join(wf.steps), "held", " ".join(held)]
-        fields = self._fields[(wf.name, pinned)] = _Fields(wf, args, _bulks(args))
+        fields = self._fields[(wf.name, pinned)] = Fields(wf, args, bulks(args))
         return fields
 
     def _checked(self, wf: WorkflowDef, result: bytes | str, parent_run: str = "") -> None:
@@ -429,7 +372,7 @@ class Client:
             self._checked(wf, results[-1])
         return [RunRef(self, call.run_id) for call in calls]
 
-    def _send_enqueues(self, wf: WorkflowDef, calls: list[_Call]) -> list[Any]:
+    def _send_enqueues(self, wf: WorkflowDef, calls: list[Call]) -> list[Any]:
         """enqueue.lua once per call, all in one write: one round trip.
 
         On a plain connection pool the commands are packed here (the hash fields of
@@ -448,13 +391,13 @@ class Client:
             kept = self._thread_connections()
             conn = None if kept is None else kept.get()
             if conn is not None:
-                results = self._send_packed(conn, calls, script.sha, key)
+                results = send_packed(conn, calls, script.sha, key)
                 if kept is not None and kept.pool.closed:  # closed meanwhile: not reopened
                     conn.disconnect()
             elif (pool := plain_pool(self.redis)) is not None:
                 conn = pool.get_connection()
                 try:
-                    results = self._send_packed(conn, calls, script.sha, key)
+                    results = send_packed(conn, calls, script.sha, key)
                 finally:
                     pool.release(conn)
         if results is None:
@@ -480,25 +423,6 @@ class Client:
             if isinstance(result, Exception):
                 raise result
         return results
-
-    @staticmethod
-    def _send_packed(conn: Any, calls: list[_Call], sha: str, key: str) -> list[Any] | None:
-        """The calls' replies (errors among them), or None if the connection failed."""
-        try:
-            conn.send_packed_command([b"".join(c.packed(sha, key) for c in calls)])
-            results = []
-            for _ in calls:
-                try:
-                    results.append(conn.read_response())
-                except ResponseError as exc:
-                    results.append(exc)
-            return results
-        except Exception:
-            conn.disconnect()  # it connects again when next used
-            return None
-        except BaseException:  # interrupted mid-reply: the connection is unusable
-            conn.disconnect()
-            raise
 
     def _own_connection(self) -> Any:
         """This thread's connection for enqueue, taken from the sync pool once and given
@@ -592,311 +516,8 @@ class Client:
             refs.append(await self.aenqueue(name, data, run_id=run_id))
         return refs
 
-    # -- reading -----------------------------------------------------------
-
-    def get_run(self, run_id: str) -> Run:
-        raw = self.redis.hgetall(self.keys.run(run_id))
-        if not raw:
-            raise RunNotFound(run_id)
-        return Run.from_hash(run_id, raw)
-
-    def history(self, run_id: str) -> list[dict[str, Any]]:
-        """The run's history stream, oldest first: one dict per event, with its time."""
-        out = []
-        for entry_id, fields in self.redis.xrange(self.keys.hist(run_id)):
-            event = {k.decode(): v.decode() for k, v in fields.items()}
-            event["at"] = int(entry_id.split(b"-")[0]) / 1000
-            out.append(event)
-        return out
-
-    def list_runs(self, status: str | None = None, limit: int = 20) -> list[Run]:
-        """Most recent runs first, across workflows; with ``status``, only those
-        (looks at the 10,000 most recent)."""
-        scan = 10_000 if status else limit
-        pipe = self.redis.pipeline(transaction=False)
-        names = sorted(k.decode() for k in self.redis.hkeys(self.keys.workflows))
-        for name in names:
-            pipe.zrevrange(self.keys.runs(name), 0, scan - 1, withscores=True)
-        newest = heapq.merge(*pipe.execute(), key=lambda m: -m[1])
-        ids = [m.decode() for m, _ in itertools.islice(newest, scan)]
-        runs: list[Run] = []
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            pipe = self.redis.pipeline(transaction=False)
-            for run_id in chunk:
-                pipe.hgetall(self.keys.run(run_id))
-            for run_id, raw in zip(chunk, pipe.execute(), strict=True):
-                if raw and (status is None or raw.get(b"status", b"").decode() == status):
-                    runs.append(Run.from_hash(run_id, raw))
-                    if len(runs) >= limit:
-                        return runs
-        return runs
-
-    def list_workers(self) -> list[WorkerInfo]:
-        """Every registered worker, alive or not, judged by Redis's clock."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
-        pipe.zrange(self.keys.workers, 0, -1, withscores=True)
-        (seconds, micros), deadlines = pipe.execute()
-        now = int(seconds) + int(micros) / 1e6
-        pipe = self.redis.pipeline(transaction=False)
-        for wid, _ in deadlines:
-            pipe.hgetall(self.keys.worker(wid.decode()))
-            pipe.scard(self.keys.pinned(wid.decode()))
-        replies = pipe.execute()
-        workers = []
-        for n, (wid, deadline) in enumerate(deadlines):
-            info, pinned = replies[2 * n], replies[2 * n + 1]
-            workers.append(WorkerInfo.from_hash(wid.decode(), info, deadline / 1000, pinned, now))
-        return workers
-
-    def cancel(
-        self, run_id: str, reason: str = "cancelled by user", *, children: bool = True
-    ) -> Cancellation:
-        """Cancel a run that has not finished and, with ``children``, every unfinished
-        descendant: its children, theirs, and so on, through finished runs too (a
-        finished run's child may still run).
-
-        Each run is cancelled atomically by one script call, which also names its
-        children; the tree is walked a level at a time, up to CANCEL_BATCH calls per
-        round trip, each run once. A child spawned after its parent was cancelled is
-        refused (enqueue.lua), so none escapes the walk."""
-        [(status, ended_here, found)] = self._cancel_runs([(run_id, reason)])
-        if not status:
-            raise RunNotFound(run_id)
-        cancelled = [run_id] if ended_here else []
-        seen = {run_id}
-        level = [(child, run_id) for child in found] if children else []
-        while level:
-            batch = []
-            for child, parent in level:
-                if child not in seen:
-                    seen.add(child)
-                    batch.append((child, f"parent run {parent} was cancelled"))
-            level = []
-            for start in range(0, len(batch), CANCEL_BATCH):
-                chunk = batch[start : start + CANCEL_BATCH]
-                for (child, _), (_, ended_here, grandchildren) in zip(
-                    chunk, self._cancel_runs(chunk), strict=True
-                ):
-                    if ended_here:
-                        cancelled.append(child)
-                    level += [(g, child) for g in grandchildren]
-        return Cancellation(run_id, RunStatus(status), tuple(cancelled))
-
-    def _cancel_runs(self, runs: list[tuple[str, str]]) -> list[tuple[str, bool, list[str]]]:
-        """cancel.lua for each (run, reason), in one round trip: for each, its status
-        ("" when there is no such run), whether this call cancelled it, its children."""
-        pipe = self.redis.pipeline(transaction=False)
-        for run_id, reason in runs:
-            self.scripts.cancel(
-                keys=[self.keys.workflows], args=[self.keys.prefix, run_id, reason], client=pipe
-            )
-        out = []
-        for reply in pipe.execute():
-            status, ended_here, *found = (x.decode() for x in reply)
-            out.append((status, ended_here == "1", found))
-        return out
-
-    # -- dead letters -------------------------------------------------------
-
-    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Newest first: each with its id, reason and the original entry's fields."""
-        out = []
-        for entry_id, fields in self.redis.xrevrange(self.keys.dead, count=limit):
-            letter = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
-            letter["id"] = entry_id.decode()
-            out.append(letter)
-        return out
-
-    def requeue_dead(self, dead_id: str) -> str:
-        """Put a dead-lettered message back on the stream it came from; returns its new id."""
-        found = self.redis.xrange(self.keys.dead, dead_id, dead_id)
-        if not found:
-            raise KeyError(f"no dead letter {dead_id}")
-        fields = found[0][1]
-        message = {k: fields[k] for k in (b"r", b"s", b"a", b"e", b"w") if k in fields}
-        if len(message) < 5 or b"stream" not in fields:
-            raise ValueError(f"dead letter {dead_id} is not a complete rstick message")
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(fields[b"stream"], message)
-        pipe.xdel(self.keys.dead, dead_id)
-        new_id: bytes = pipe.execute()[0]
-        return new_id.decode()
-
-    def purge_dead(self) -> int:
-        """Delete every dead letter; returns how many there were."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xlen(self.keys.dead)
-        pipe.delete(self.keys.dead)
-        count: int = pipe.execute()[0]
-        return count
-
-    # -- results -----------------------------------------------------------
-
-    def outcome(self, run_id: str, redis: Any = None) -> Any:
-        """The result of a finished run, or the exception that says why there is none."""
-        pipe = (redis or self.redis).pipeline(transaction=False)
-        pipe.hgetall(self.keys.run(run_id))
-        pipe.hgetall(self.keys.out(run_id))
-        return self._outcome(run_id, *pipe.execute())
-
-    async def aoutcome(self, run_id: str, redis: Any = None) -> Any:
-        pipe = (redis or self.aredis).pipeline(transaction=False)
-        pipe.hgetall(self.keys.run(run_id))
-        pipe.hgetall(self.keys.out(run_id))
-        return self._outcome(run_id, *(await pipe.execute()))
-
-    def _outcome(
-        self, run_id: str, raw_run: dict[bytes, bytes], raw_out: dict[bytes, bytes]
-    ) -> Any:
-        if not raw_run:
-            raise RunNotFound(run_id)
-        run = Run.from_hash(run_id, raw_run)
-        if run.status == RunStatus.SUCCEEDED:
-            return _shape(run, {k.decode(): unpack(v) for k, v in raw_out.items()})
-        return self._raise_for(run)
-
-    @staticmethod
-    def _raise_for(run: Run) -> Any:
-        if run.status == RunStatus.CANCELLED:
-            raise RunCancelled(run.run_id)
-        step = run.error_step or ""
-        error = run.step(step).error if step else None
-        raise RunFailed(run.run_id, step, error or StepError("Error", "unknown failure"))
-
 
 def _check_task_input(wf: WorkflowDef, input: Any) -> None:
     """Refuse here, not on a worker after retries, a task input that cannot bind."""
     if wf.is_task:
         wf.steps[wf.name].task_arguments(None, input)
-
-
-def _shape(run: Run, outs: dict[str, Any]) -> Any:
-    """A task's result is its one output; a workflow's is ``{step: output}``."""
-    if run.is_task:
-        return outs.get(run.steps[0].name)
-    return {s.name: outs.get(s.name) for s in run.steps}
-
-
-class RunRef:
-    """A handle on a run: its id, its state, and its result once it finishes."""
-
-    def __init__(self, client: Client, run_id: str) -> None:
-        self.client = client
-        self.run_id = run_id
-        # A step waiting on its child lends its slot meanwhile, so the child can run.
-        self.while_waiting: Callable[[], AbstractContextManager[None]] = nullcontext
-
-    def __repr__(self) -> str:
-        return f"RunRef({self.run_id!r})"
-
-    def status(self) -> RunStatus:
-        raw = self.client.redis.hget(self.client.keys.run(self.run_id), "status")
-        if raw is None:
-            raise RunNotFound(self.run_id)
-        return RunStatus(raw.decode())
-
-    def get(self) -> Run:
-        return self.client.get_run(self.run_id)
-
-    def result(self, timeout: float | None = None) -> Any:
-        """Wait for the run; return its outputs or raise RunFailed / RunCancelled."""
-        timeout = optional_seconds("timeout", timeout, bounded=False)
-        with self.while_waiting():
-            return self._wait(timeout)
-
-    def _wait(self, timeout: float | None) -> Any:
-        """Subscribe, then look at the run each time the subscription wakes us: once
-        it is confirmed, when the run's notice comes, after a reconnection; and
-        every ``client.poll`` seconds in any case."""
-        client = self.client
-        deadline = None if timeout is None else time.monotonic() + timeout
-        redis = client.redis  # this one all along: once closed, it reopens nothing
-        notices = client.notices
-        waiter = notices.watch(client.keys.done(self.run_id).encode())
-        try:
-            looked = False
-            while True:
-                wait = client.poll
-                if deadline is not None:
-                    wait = min(wait, deadline - time.monotonic())
-                    if looked and wait <= 0:
-                        raise ResultTimeout(f"run {self.run_id} did not finish in {timeout}s")
-                waiter.event.wait(max(wait, 0.0))
-                if notices.closed:
-                    raise ClientClosed(self.run_id)
-                waiter.event.clear()
-                try:
-                    raw = waiter.status or redis.hget(client.keys.run(self.run_id), "status")
-                    if raw is not None and RunStatus(raw.decode()) in FINISHED:
-                        return client.outcome(self.run_id, redis)
-                except (RedisError, ClientClosed):
-                    if notices.closed:  # closed under this look
-                        raise ClientClosed(self.run_id) from None
-                    raise
-                looked = True
-                if raw is None:
-                    raise RunNotFound(self.run_id)
-        finally:
-            notices.forget(waiter)
-
-
-class AsyncRunRef:
-    """The async twin of RunRef, for ``aenqueue`` and ``aspawn_workflow``."""
-
-    def __init__(self, client: Client, run_id: str) -> None:
-        self.client = client
-        self.run_id = run_id
-        self.while_waiting: Callable[[], AbstractContextManager[None]] = nullcontext
-
-    def __repr__(self) -> str:
-        return f"AsyncRunRef({self.run_id!r})"
-
-    async def status(self) -> RunStatus:
-        raw = await self.client.aredis.hget(self.client.keys.run(self.run_id), "status")
-        if raw is None:
-            raise RunNotFound(self.run_id)
-        return RunStatus(raw.decode())
-
-    async def result(self, timeout: float | None = None) -> Any:
-        """Wait for the run; return its outputs or raise RunFailed / RunCancelled."""
-        timeout = optional_seconds("timeout", timeout, bounded=False)
-        with self.while_waiting():
-            return await self._wait(timeout)
-
-    async def _wait(self, timeout: float | None) -> Any:
-        """As ``RunRef._wait``, on this event loop's subscription."""
-        client = self.client
-        deadline = None if timeout is None else time.monotonic() + timeout
-        side = client._loop_side()  # this one all along: once closed, it reopens nothing
-        notices = side.notices
-        waiter: AsyncWaiter = notices.watch(client.keys.done(self.run_id).encode())
-        try:
-            looked = False
-            while True:
-                wait = client.poll
-                if deadline is not None:
-                    wait = min(wait, deadline - time.monotonic())
-                    if looked and wait <= 0:
-                        raise ResultTimeout(f"run {self.run_id} did not finish in {timeout}s")
-                if not waiter.future.done():
-                    await asyncio.wait((waiter.future,), timeout=max(wait, 0.0))
-                if notices.closed:
-                    raise ClientClosed(self.run_id)
-                waiter.rearm()
-                try:
-                    raw = waiter.status or await side.redis.hget(
-                        client.keys.run(self.run_id), "status"
-                    )
-                    if raw is not None and RunStatus(raw.decode()) in FINISHED:
-                        return await client.aoutcome(self.run_id, side.redis)
-                except (RedisError, ClientClosed):
-                    if notices.closed:  # closed under this look
-                        raise ClientClosed(self.run_id) from None
-                    raise
-                looked = True
-                if raw is None:
-                    raise RunNotFound(self.run_id)
-        finally:
-            notices.forget(waiter)

@@ -18,14 +18,14 @@ from redis import BlockingConnectionPool
 from redis.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from . import defaults
 from .errors import ClientClosed, PoolTimeout
 from .notices import AsyncNotices, subscription_kwargs
 from .scripts import Scripts
 
 log = logging.getLogger("rstick.client")
 
-POOL_SIZE = 10  # connections per pool: the sync side's, and each event loop's
-POOL_TIMEOUT = 20.0  # seconds a command waits for a free connection
+POOL_SIZE, POOL_TIMEOUT = defaults.POOL_SIZE, defaults.POOL_TIMEOUT
 LOOP_CLOSE_TIMEOUT = 5.0  # seconds close() waits for another thread's loop to close its side
 
 _PLAIN = (Connection, UnixDomainSocketConnection)  # the connections enqueue writes to itself

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import StickyChildError
 
 if TYPE_CHECKING:
-    from .client import AsyncRunRef, RunRef
+    from .refs import AsyncRunRef, RunRef
     from .worker import Worker
 
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 import math
 from numbers import Real
 
+from . import defaults
+
 MAX_SECONDS = 365 * 24 * 3600  # a year: the longest delay or timeout rstick takes
 # Redis runs one script at a time, and a script that copies a value into or out of a
 # run's hash blocks every other client while it does: about 1.5 ms per MiB on the
 # machine of the README's benchmark (a 64 MiB input stalled Redis for 390 ms). At 4
 # MiB the worst stall is a few milliseconds; bigger data belongs in files or object
 # storage, which a sticky run can keep on its worker's disk.
-DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_PAYLOAD_BYTES = defaults.MAX_PAYLOAD_BYTES
 
 
 def seconds(

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from redis.exceptions import ResponseError
 
-from .app import WorkflowDef
 from .codec import pack
+from .definitions import WorkflowDef
 from .keys import GROUP
 from .plural import plural
 

@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .app import Rstick, StepDef, WorkflowDef
+from .app import Rstick
 from .codec import pack, unpack
 from .context import Context
+from .definitions import StepDef, WorkflowDef
 from .errors import StepTimeout, TaskInputError
 from .failure import describe_exception, pack_error
 from .plural import plural

@@ -23,7 +23,7 @@ from rstick import (
     StickyStrategy,
     Worker,
 )
-from rstick import client as client_module
+from rstick import admin as client_module
 
 GATE_WAIT = 10.0  # a gated step never waits longer, should its test have failed
 
