@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import threading
 from collections.abc import Iterable
@@ -16,15 +15,17 @@ from redis.exceptions import NoScriptError
 from .admin import Admin
 from .codec import pack
 from .connections import AsyncPool, LoopSide, SyncPool, ThreadConnections, plain_pool
-from .definitions import WorkflowDef
+from .definitions import WorkflowDef, check_task_input
 from .errors import (
     RunCancelled,
     UnknownWorkflow,
 )
+from .events import Events
 from .fastpath import Call, Fields, bulks, send_packed
+from .ids import new_run_id
 from .limits import seconds
-from .names import check_name
 from .notices import Notices, subscription_kwargs
+from .protocol import RunField, enqueue_fields
 from .refs import AsyncRunRef, RunRef
 from .scripts import Scripts
 
@@ -35,13 +36,7 @@ if TYPE_CHECKING:
 POLL = 5.0  # seconds between a waiter's own status checks: a safety net under the notices
 
 
-def new_run_id() -> str:
-    """128 random bits in hex: uuid4().hex's form, without building a UUID (a third
-    of the time, on the path from enqueue to start)."""
-    return os.urandom(16).hex()
-
-
-class Client(Admin):
+class Client(Admin, Events):
     """Enqueues runs, reads state and waits for results; one per app.
 
     Its connections, all made when first needed: for sync code a pool of
@@ -286,13 +281,14 @@ class Client(Admin):
     ) -> Call:
         if type(delay) is not float or delay != 0.0:  # the default needs no check
             delay = seconds("delay", delay)
-        _check_task_input(wf, input)
+        check_task_input(wf, input)
         data = pack(input, "input", max_bytes=self.app.max_payload_bytes)
         delay_ms = int(delay * 1000) if delay > 0 else 0
         head = [self.keys.prefix, run_id, wf.name, wf.queue, pin, *parent, delay_ms]
-        tail = ["worker", pin, "input", data, "parent_run", parent[0], "parent_step", parent[1]]
+        tail = [RunField.WORKER, pin, RunField.INPUT, data]
+        tail += [RunField.PARENT_RUN, parent[0], RunField.PARENT_STEP, parent[1]]
         if pin and parent[0]:  # a sticky child: it goes where its parent goes (reap_run.lua)
-            tail += ["sticky_child", "1"]
+            tail += [RunField.STICKY_CHILD, "1"]
         return Call(run_id, head, self.run_fields(wf, pinned=bool(pin)), tail)
 
     def run_fields(self, wf: WorkflowDef, *, pinned: bool) -> Fields:
@@ -306,25 +302,8 @@ class Client(Admin):
         cached = self._fields.get((wf.name, pinned))
         if cached is not None and cached.wf is wf:
             return cached
-        roots = wf.roots
-        sticky = wf.sticky.value != "none"
-        now_roots = roots if pinned or not sticky else roots[:1]
-        held = [] if pinned or not sticky else roots[1:]
-        args: list[Any] = [len(now_roots), *now_roots]
-        args += ["wf", wf.name, "kind", "task" if wf.is_task else "workflow", "status", "queued"]
-        args += ["sticky", wf.sticky.value, "queue", wf.queue, "epoch", "0"]
-        args += ["left", len(wf.steps), "sto", wf.schedule_timeout]
         retention = wf.retention if wf.retention is not None else self.app.retention
-        args += ["retention", int(retention)]
-        for s in wf.steps.values():
-            root = not s.parents
-            args += [f"{s.name}.st", "queued" if root else "waiting"]
-            args += [f"{s.name}.a", "1" if root else "0"]
-            if s.parents:
-                args += [f"{s.name}.p", len(s.parents), f"{s.name}.par", " ".join(s.parents)]
-            if s.schedule_timeout is not None:
-                args += [f"{s.name}.sto", s.schedule_timeout]
-        args += ["steps", " ".join(wf.steps), "held", " ".join(held)]
+        args = enqueue_fields(wf, pinned=pinned, retention=retention)
         fields = self._fields[(wf.name, pinned)] = Fields(wf, args, bulks(args))
         return fields
 
@@ -470,54 +449,3 @@ class Client(Admin):
                 break
         self._checked(wf, result, parent[0])
         return AsyncRunRef(self, run_id)
-
-    # -- events ------------------------------------------------------------
-
-    def _event_runs(
-        self, event: str, key: str | None, names: Iterable[bytes]
-    ) -> list[tuple[str, str]]:
-        """(workflow, run id) per listener; a key makes the run ids, and so the runs, unique."""
-        out = []
-        for raw in sorted(names):
-            name = raw.decode()
-            if key is None:
-                run_id = new_run_id()
-            else:
-                run_id = hashlib.sha256(f"{event}\0{key}\0{name}".encode()).hexdigest()[:32]
-            out.append((name, run_id))
-        return out
-
-    def _listeners(self, event: str) -> set[bytes]:
-        names: set[bytes] = set(self.redis.smembers(self.keys.event(event)))
-        names |= {w.name.encode() for w in self.app.workflows.values() if event in w.on_events}
-        return names
-
-    def emit(self, event: str, data: Any = None, *, key: str | None = None) -> list[RunRef]:
-        check_name("event", event, ValueError)
-        runs = self._event_runs(event, key, self._listeners(event))
-        for name, _ in runs:  # a listener refusing the data refuses the emit: none starts
-            _check_task_input(self.definition(name), data)
-        refs = []
-        for name, run_id in runs:
-            refs.append(self.enqueue(name, data, run_id=run_id))
-        return refs
-
-    async def aemit(
-        self, event: str, data: Any = None, *, key: str | None = None
-    ) -> list[AsyncRunRef]:
-        check_name("event", event, ValueError)
-        names: set[bytes] = set(await self.aredis.smembers(self.keys.event(event)))
-        names |= {w.name.encode() for w in self.app.workflows.values() if event in w.on_events}
-        runs = self._event_runs(event, key, names)
-        for name, _ in runs:
-            _check_task_input(await self.adefinition(name), data)
-        refs = []
-        for name, run_id in runs:
-            refs.append(await self.aenqueue(name, data, run_id=run_id))
-        return refs
-
-
-def _check_task_input(wf: WorkflowDef, input: Any) -> None:
-    """Refuse here, not on a worker after retries, a task input that cannot bind."""
-    if wf.is_task:
-        wf.steps[wf.name].task_arguments(None, input)

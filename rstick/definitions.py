@@ -200,3 +200,9 @@ def link_steps(workflow: str, steps: dict[str, StepDef]) -> dict[str, StepDef]:
         )
         for name, s in steps.items()
     }
+
+
+def check_task_input(wf: WorkflowDef, input: Any) -> None:
+    """Refuse at enqueue, not on a worker after retries, a task input that cannot bind."""
+    if wf.is_task:
+        wf.steps[wf.name].task_arguments(None, input)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .definitions import WorkflowDef
 
 
 class RunField(enum.StrEnum):
@@ -154,3 +157,38 @@ class Outcome:
             len(self.children),
             *self.children,
         ]
+
+
+def enqueue_fields(wf: WorkflowDef, *, pinned: bool, retention: float) -> list[Any]:
+    """What enqueue.lua is given for any run of ``wf`` (the client packs it once per
+    definition): the roots it dispatches now, then the run's hash.
+
+    Every step waits at attempt 0 but the roots, queued at attempt 1. The roots of a
+    run pinned at creation all go to its worker now; an unpinned sticky run sends
+    its first root to the shared queue and holds the others until a worker pins it;
+    any other run sends every root now."""
+    F, S = RunField, StepField
+    roots = wf.roots
+    sticky = wf.sticky.value != "none"
+    now_roots = roots if pinned or not sticky else roots[:1]
+    held = [] if pinned or not sticky else roots[1:]
+    args: list[Any] = [len(now_roots), *now_roots]
+    args += [F.WORKFLOW, wf.name, F.KIND, "task" if wf.is_task else "workflow"]
+    args += [F.STATUS, "queued", F.STICKY, wf.sticky.value, F.QUEUE, wf.queue, F.EPOCH, "0"]
+    args += [F.LEFT, len(wf.steps), F.SCHEDULE_TIMEOUT, wf.schedule_timeout]
+    args += [F.RETENTION, int(retention)]
+    for s in wf.steps.values():
+        root = not s.parents
+        args += [S.STATUS.of(s.name), "queued" if root else "waiting"]
+        args += [S.ATTEMPT.of(s.name), "1" if root else "0"]
+        if s.parents:
+            args += [
+                S.PENDING.of(s.name),
+                len(s.parents),
+                S.PARENTS.of(s.name),
+                " ".join(s.parents),
+            ]
+        if s.schedule_timeout is not None:
+            args += [S.SCHEDULE_TIMEOUT.of(s.name), s.schedule_timeout]
+    args += [F.STEPS, " ".join(wf.steps), F.HELD, " ".join(held)]
+    return args
