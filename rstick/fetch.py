@@ -9,15 +9,21 @@ Both go on the worker's own connection (``blocking.py``) when it can have one.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from .blocking import BlockingConnection
 from .keys import GROUP, Keys
-from .protocol import Claim
+from .plural import plural
+from .protocol import Claim, text
+from .reaper import Reaper, ReapReport
+
+log = logging.getLogger("rstick.worker")
 
 TAKE_TIMEOUT = 30.0  # seconds: no reply by then (past a block) means a dead connection
+RECOVER_BATCH = 1000  # pending entries looked at per stream by recover_stranded
 
 Reply = tuple[list[Any], list[Any], bool]  # take.lua's: claim replies, marks, live
 
@@ -145,3 +151,36 @@ class Fetcher:
             return False
         conn.reconnected = False
         return True
+
+    async def recover_stranded(self, known: set[str], reaper: Reaper) -> int:
+        """Dispatch again the entries pending on this worker that are not in ``known``
+        (those it runs, or whose outcome it holds): delivered in a reply that was
+        lost with the connection. Returns how many; 0, doing nothing, once this
+        process no longer holds the worker's id."""
+        report = ReapReport()
+        for stream in self.streams:
+            try:
+                pending = await self.client.aredis.xpending_range(
+                    stream,
+                    GROUP,
+                    min="-",
+                    max="+",
+                    count=RECOVER_BATCH,
+                    consumername=self.worker_id,
+                )
+            except ResponseError:  # NOGROUP: recreated by the fetch loop
+                continue
+            ids = [p["message_id"] for p in pending]
+            stranded = [i for i in ids if f"{stream} {text(i)}" not in known]
+            if not stranded:
+                continue
+            if not await reaper.settle_entries(
+                self.worker_id, self.instance, stream, stranded, report
+            ):
+                return 0  # our heartbeat lapsed, or the id is another process's now
+        if report:
+            log.warning(
+                "recovered %s stranded by a lost reply",
+                plural(report.redispatched, "entry", "entries"),
+            )
+        return report.redispatched

@@ -33,17 +33,18 @@ from redis.exceptions import ResponseError
 
 from .app import Rstick
 from .backoff import Backoff
+from .completion import Completer
 from .credentials import hide_password, login_failure
-from .errors import LoginFailed, WorkerIdInUse
+from .errors import LoginFailed
 from .fetch import Fetcher
-from .heartbeat import BeatResult, Heartbeat, result_of
-from .keys import GROUP
+from .heartbeat import BeatResult, Heartbeat
+from .membership import Membership
 from .names import check_name
 from .outage import AUTH_ERRORS, describe_outage, is_outage
 from .plural import plural
 from .preflight import check_server_once
-from .protocol import Outcome, text
-from .reaper import Reaper, ReapReport
+from .protocol import Outcome
+from .reaper import Reaper
 from .scripts import Scripts
 from .steps import Job, StepResult, StepRunner
 from .threads import StepThreads
@@ -52,8 +53,6 @@ log = logging.getLogger("rstick.worker")
 
 TICK = 0.1  # seconds between moves of due delayed entries
 STOP_GRACE = 5.0  # seconds the loops have to end once cancelled, at stop
-MAX_COMPLETE_BATCH = 500  # outcomes per complete script call
-RECOVER_BATCH = 1000  # pending entries looked at per stream by recover_stranded
 DUE_BATCH = 100  # delayed (and waiting) entries moved per tick
 
 
@@ -117,9 +116,16 @@ class Worker:
             freed=self._wake.set,
             too_many_hung=lambda: self.request_stop(1),
         )
-        self.outcomes: list[Outcome] = []
-        self._flushing: list[Outcome] = []  # the batch the complete script is applying
-        self._completing = asyncio.Lock()  # held while a batch is in flight
+        self.completer = Completer(app.client, self.keys, self._id, app.dead_maxlen)
+        self.membership = Membership(
+            app,
+            self._id,
+            self.instance,
+            queues=self.queues,
+            streams=self.streams,
+            concurrency=concurrency,
+            running=lambda: len(self.running),
+        )
         self.stopping = False
         self.exit_code = 0
         self._hand_off = True
@@ -134,7 +140,6 @@ class Worker:
         self.heartbeat: Heartbeat | None = None
         self._beating = False  # the heartbeat thread runs
         self._draining: asyncio.Task[None] | None = None
-        self._beat_ms = 0  # Redis time of this worker's last good beat (or its join)
         self._started_at = time.monotonic()
         self.reaper = Reaper(app, self._id)
 
@@ -197,67 +202,9 @@ class Worker:
         )
 
     async def join(self) -> int:
-        """Write this worker's record and heartbeat (join.lua), its workflows and its
-        stream groups; returns the Redis time it joined at. Another live process with
-        the same id is waited for, up to its ttl and a heartbeat (a worker restarted
-        right after a crash must get its id back); if it still beats then,
-        WorkerIdInUse."""
-        give_up = time.monotonic() + self.app.worker_ttl + self.app.heartbeat
-        waited = False
-        while True:
-            reply = await self.scripts.join(keys=[self.keys.workflows], args=self._join_args())
-            if text(reply[0]) == "ok":
-                self._beat_ms = int(reply[1])
-                break
-            _, pid, host, left_ms = reply
-            holder = f"pid {text(pid)} on {text(host)}"
-            if time.monotonic() + int(left_ms) / 1000 > give_up:
-                raise WorkerIdInUse(self._id, holder)
-            if not waited:
-                log.warning(
-                    "worker id %s is held by %s, which beat %.1fs ago: waiting for it to lapse",
-                    self._id,
-                    holder,
-                    self.app.worker_ttl - int(left_ms) / 1000,
-                )
-                waited = True
-            await asyncio.sleep(min(int(left_ms) / 1000 + 0.05, self.app.heartbeat / 2))
-        await self._create_groups()
-        pipe = self.redis.pipeline(transaction=False)
-        for wf in self.app.workflows.values():
-            pipe.hset(self.keys.workflows, wf.name, wf.to_json())
-            for event in wf.on_events:
-                pipe.sadd(self.keys.event(event), wf.name)
-        await pipe.execute()
-        return self._beat_ms
-
-    def _join_args(self) -> list[Any]:
-        record = {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "queues": " ".join(self.queues),
-            "concurrency": self.concurrency,
-            "started": int(time.time() * 1000),
-            "running": len(self.running),
-            "heartbeat": self.app.heartbeat,
-            "workflows": " ".join(self.app.workflows),
-        }
-        args: list[Any] = [self.keys.prefix, self._id, self.instance, self._ttl_ms]
-        for field, value in record.items():
-            args += [field, value]
-        return args
-
-    @property
-    def _ttl_ms(self) -> int:
-        return int(self.app.worker_ttl * 1000)
-
-    async def _create_groups(self) -> None:
-        for stream in self.streams:
-            try:
-                await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):  # it exists: fine; anything else is not
-                    raise
+        """Take this worker's id and register it (``membership.py``); returns the Redis
+        time it joined at."""
+        return await self.membership.join()
 
     async def main(self) -> None:
         """Start (waiting for Redis if it is down), serve until a stop is
@@ -378,7 +325,7 @@ class Worker:
                 )
                 await _cancel(*late)
         await _cancel(fetch, tick)
-        async with self._completing:  # no batch in flight: the complete loop is idle
+        async with self.completer.lock:  # no batch in flight: the complete loop is idle
             await _cancel(complete)
         if not self._hand_off:
             self.threads.shutdown()
@@ -433,22 +380,13 @@ class Worker:
 
     def _beat_call(self, grace_since: str) -> Any:
         """beat.lua once, on the heartbeat thread's own connection."""
-        args = self._beat_args(grace_since)
+        args = self.membership.beat_args(grace_since)
         return self._beat_scripts.beat(keys=[self.keys.workflows], args=args)
-
-    def _beat_args(self, grace_since: str) -> list[Any]:
-        running = len(self.running)
-        return [self.keys.prefix, self._id, self.instance, self._ttl_ms, running, grace_since]
 
     async def beat(self, grace: bool = False) -> None:
         """One heartbeat from the event loop (the thread does this in a running worker);
         ``grace``: as the first beat after an outage."""
-        since = str(self._beat_ms) if grace else ""
-        reply = await self.scripts.beat(keys=[self.keys.workflows], args=self._beat_args(since))
-        result = result_of(reply)
-        if result == "ok":
-            self._beat_ms = int(reply[1])
-        self._on_beat(result)
+        self._on_beat(await self.membership.beat(grace))
 
     def _on_beat(self, result: BeatResult) -> None:
         """What a heartbeat learned, on the event loop."""
@@ -532,7 +470,7 @@ class Worker:
                 elif "NOGROUP" in str(exc):
                     log.warning("stream group missing (Redis lost its data?): creating it again")
                     with contextlib.suppress(Exception):
-                        await self._create_groups()
+                        await self.membership.create_groups()
                 else:  # a bug must not stop a worker that still beats
                     log.exception("fetch failed")
                 await backoff.wait(exc)
@@ -654,62 +592,23 @@ class Worker:
         self._outcome_ready.set()
 
     async def flush(self) -> None:
-        """Send every pending outcome in one script call; log the refused ones."""
-        async with self._completing:
-            while self.outcomes:
-                batch = self.outcomes[:MAX_COMPLETE_BATCH]
-                self.outcomes = self.outcomes[MAX_COMPLETE_BATCH:]
-                args: list[Any] = [self.keys.prefix, self._id, self.app.dead_maxlen, len(batch)]
-                for outcome in batch:
-                    args += outcome.to_args()
-                self._flushing = batch
-                try:
-                    replies = await self.scripts.complete(keys=[self.keys.workflows], args=args)
-                except BaseException:
-                    self.outcomes[:0] = batch  # kept for the next try: nothing is dropped
-                    raise
-                finally:
-                    self._flushing = []
-                for outcome, reply in zip(batch, replies, strict=True):
-                    result, where = text(reply), f"{outcome.run_id}/{outcome.step}"
-                    if result == "refused: no such run":  # expired, or retention 0 and resent
-                        log.info("completion of %s: its run is gone", where)
-                    elif result.startswith("refused"):
-                        log.warning("completion of %s %s", where, result)
-                    elif result == "applied before":
-                        log.debug("completion of %s was applied before", where)
-                    elif result != "ok":
-                        log.info("completion of %s %s", where, result)
+        """Deliver every waiting outcome now (``completion.py``)."""
+        await self.completer.flush()
+
+    @property
+    def outcomes(self) -> list[Outcome]:
+        """Outcomes waiting to be delivered."""
+        return self.completer.outcomes
+
+    @outcomes.setter
+    def outcomes(self, value: list[Outcome]) -> None:
+        self.completer.outcomes = value
 
     async def recover_stranded(self) -> int:
-        """Dispatch again the entries pending on this worker that it is not running:
-        delivered in a reply that was lost with the connection. Returns how many.
-
-        Only the fetch loop calls this, so no read is under way meanwhile."""
-        known = set(self.running)
-        known |= {outcome.entry for outcome in (*self.outcomes, *self._flushing)}
-        report = ReapReport()
-        for stream in self.streams:
-            try:
-                pending = await self.redis.xpending_range(
-                    stream, GROUP, min="-", max="+", count=RECOVER_BATCH, consumername=self._id
-                )
-            except ResponseError:  # NOGROUP: recreated by the fetch loop
-                continue
-            ids = [p["message_id"] for p in pending]
-            stranded = [i for i in ids if f"{stream} {text(i)}" not in known]
-            if not stranded:
-                continue
-            if not await self.reaper.settle_entries(
-                self._id, self.instance, stream, stranded, report
-            ):
-                return 0  # our heartbeat lapsed, or the id is another process's now
-        if report:
-            log.warning(
-                "recovered %s stranded by a lost reply",
-                plural(report.redispatched, "entry", "entries"),
-            )
-        return report.redispatched
+        """Dispatch again the entries pending on this worker that it is not running
+        (``fetch.py``). Only the fetch loop calls this, so no read is under way."""
+        known = set(self.running) | self.completer.entries()
+        return await self.fetcher.recover_stranded(known, self.reaper)
 
     # -- children ------------------------------------------------------------
 

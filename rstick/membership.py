@@ -1,0 +1,139 @@
+"""A worker's place in Redis: its id, held by this process; its record, workflows and
+stream groups; and what its heartbeat sends (beat.lua).
+
+``join`` is done at start and again to rejoin (after the reaper declared the worker
+dead, or Redis lost its record); the heartbeat thread (``heartbeat.py``) sends
+``beat_args`` every ``heartbeat`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from .app import Rstick
+from .errors import WorkerIdInUse
+from .heartbeat import BeatResult, result_of
+from .keys import GROUP
+from .protocol import text
+
+log = logging.getLogger("rstick.worker")
+
+
+class Membership:
+    def __init__(
+        self,
+        app: Rstick,
+        worker_id: str,
+        instance: str,
+        *,
+        queues: list[str],
+        streams: list[str],
+        concurrency: int,
+        running: Callable[[], int],
+    ) -> None:
+        """``instance``: this process's token for the id; ``running``: how many
+        steps the worker runs now (its record shows it)."""
+        self.app = app
+        self.keys = app.keys
+        self.worker_id = worker_id
+        self.instance = instance
+        self.queues = queues
+        self.streams = streams
+        self.concurrency = concurrency
+        self._running = running
+        self.beat_ms = 0  # Redis time of the last good beat (or of the join)
+
+    @property
+    def ttl_ms(self) -> int:
+        return int(self.app.worker_ttl * 1000)
+
+    async def join(self) -> int:
+        """Write this worker's record and heartbeat (join.lua), its workflows and its
+        stream groups; returns the Redis time it joined at. Another live process with
+        the same id is waited for, up to its ttl and a heartbeat (a worker restarted
+        right after a crash must get its id back); if it still beats then,
+        WorkerIdInUse."""
+        scripts, redis = self.app.client.ascripts, self.app.client.aredis
+        give_up = time.monotonic() + self.app.worker_ttl + self.app.heartbeat
+        waited = False
+        while True:  # bounded by give_up
+            reply = await scripts.join(keys=[self.keys.workflows], args=self._join_args())
+            if text(reply[0]) == "ok":
+                self.beat_ms = int(reply[1])
+                break
+            _, pid, host, left_ms = reply
+            holder = f"pid {text(pid)} on {text(host)}"
+            if time.monotonic() + int(left_ms) / 1000 > give_up:
+                raise WorkerIdInUse(self.worker_id, holder)
+            if not waited:
+                log.warning(
+                    "worker id %s is held by %s, which beat %.1fs ago: waiting for it to lapse",
+                    self.worker_id,
+                    holder,
+                    self.app.worker_ttl - int(left_ms) / 1000,
+                )
+                waited = True
+            await asyncio.sleep(min(int(left_ms) / 1000 + 0.05, self.app.heartbeat / 2))
+        await self.create_groups()
+        pipe = redis.pipeline(transaction=False)
+        for wf in self.app.workflows.values():
+            pipe.hset(self.keys.workflows, wf.name, wf.to_json())
+            for event in wf.on_events:
+                pipe.sadd(self.keys.event(event), wf.name)
+        await pipe.execute()
+        return self.beat_ms
+
+    def _join_args(self) -> list[Any]:
+        record = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "queues": " ".join(self.queues),
+            "concurrency": self.concurrency,
+            "started": int(time.time() * 1000),
+            "running": self._running(),
+            "heartbeat": self.app.heartbeat,
+            "workflows": " ".join(self.app.workflows),
+        }
+        args: list[Any] = [self.keys.prefix, self.worker_id, self.instance, self.ttl_ms]
+        for field, value in record.items():
+            args += [field, value]
+        return args
+
+    async def create_groups(self) -> None:
+        for stream in self.streams:
+            try:
+                await self.app.client.aredis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):  # it exists: fine; anything else is not
+                    raise
+
+    def beat_args(self, grace_since: str) -> list[Any]:
+        """beat.lua's ARGV; ``grace_since``: see beat.lua."""
+        return [
+            self.keys.prefix,
+            self.worker_id,
+            self.instance,
+            self.ttl_ms,
+            self._running(),
+            grace_since,
+        ]
+
+    async def beat(self, grace: bool = False) -> BeatResult:
+        """One heartbeat from the event loop (the thread beats in a running worker);
+        ``grace``: as the first beat after an outage."""
+        since = str(self.beat_ms) if grace else ""
+        reply = await self.app.client.ascripts.beat(
+            keys=[self.keys.workflows], args=self.beat_args(since)
+        )
+        result = result_of(reply)
+        if result == "ok":
+            self.beat_ms = int(reply[1])
+        return result
