@@ -40,11 +40,17 @@ class Admin:
         return Run.from_hash(run_id, raw)
 
     def history(self, run_id: str) -> list[dict[str, Any]]:
-        """The run's history stream, oldest first: one dict per event, with its time."""
+        """The run's history stream, oldest first: one dict per event, with its time.
+        (The last step's success and the run's end are one entry, written together:
+        told here as the two events they are.)"""
         out = []
         for entry_id, fields in self.redis.xrange(self.keys.hist(run_id)):
             event = {k.decode(): v.decode() for k, v in fields.items()}
             event["at"] = int(entry_id.split(b"-")[0]) / 1000
+            if event["ev"] == "finished" and "s" in event:
+                succeeded = {"ev": "succeeded", "s": event.pop("s"), "w": event.pop("w")}
+                succeeded["a"] = event.pop("a")
+                out.append({**succeeded, "at": event["at"]})
             out.append(event)
         return out
 

@@ -64,9 +64,6 @@ class Keys:
     def run(self, run_id: str) -> str:
         return f"{self.prefix}:run:{run_id}"
 
-    def out(self, run_id: str) -> str:
-        return f"{self.prefix}:out:{run_id}"
-
     def hist(self, run_id: str) -> str:
         return f"{self.prefix}:hist:{run_id}"
 

@@ -61,6 +61,7 @@ class StepField(enum.StrEnum):
     LOST = "lost"  # attempts lost with their worker
     COMPLETED = "c"  # the attempt whose completion was applied last
     SCHEDULE_TIMEOUT = "sto"  # its own, when it has one
+    OUTPUT = "o"  # msgpack, once it succeeded
 
     def of(self, step: str) -> str:
         """The field of this step: ``StepField.STATUS.of("a") == "a.st"``."""

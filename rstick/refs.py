@@ -16,6 +16,7 @@ from .errors import ClientClosed, ResultTimeout, RunCancelled, RunFailed, RunNot
 from .keys import Keys
 from .limits import optional_seconds
 from .notices import AsyncWaiter
+from .protocol import StepField
 from .records import FINISHED, Run, RunStatus
 
 if TYPE_CHECKING:
@@ -24,26 +25,30 @@ if TYPE_CHECKING:
 
 def outcome(keys: Keys, redis: Any, run_id: str) -> Any:
     """The result of a finished run, or the exception that says why there is none."""
-    pipe = redis.pipeline(transaction=False)
-    pipe.hgetall(keys.run(run_id))
-    pipe.hgetall(keys.out(run_id))
-    return _outcome(run_id, *pipe.execute())
+    return _outcome(run_id, redis.hgetall(keys.run(run_id)))
 
 
 async def aoutcome(keys: Keys, redis: Any, run_id: str) -> Any:
-    pipe = redis.pipeline(transaction=False)
-    pipe.hgetall(keys.run(run_id))
-    pipe.hgetall(keys.out(run_id))
-    return _outcome(run_id, *(await pipe.execute()))
+    return _outcome(run_id, await redis.hgetall(keys.run(run_id)))
 
 
-def _outcome(run_id: str, raw_run: dict[bytes, bytes], raw_out: dict[bytes, bytes]) -> Any:
-    if not raw_run:
+def _outcome(run_id: str, raw: dict[bytes, bytes]) -> Any:
+    if not raw:
         raise RunNotFound(run_id)
-    run = Run.from_hash(run_id, raw_run)
+    run = Run.from_hash(run_id, raw)
     if run.status == RunStatus.SUCCEEDED:
-        return _shape(run, {k.decode(): unpack(v) for k, v in raw_out.items()})
+        return _shape(run, outputs(run, raw))
     return _raise_for(run)
+
+
+def outputs(run: Run, raw: dict[bytes, bytes]) -> dict[str, Any]:
+    """The outputs of a run's succeeded steps, from its hash."""
+    found = {}
+    for step in run.steps:
+        packed = raw.get(StepField.OUTPUT.of(step.name).encode())
+        if packed is not None:
+            found[step.name] = unpack(packed)
+    return found
 
 
 def _raise_for(run: Run) -> Any:

@@ -52,6 +52,12 @@ async def drain(*workers: Worker, max_rounds: int = 50) -> int:
     raise AssertionError(f"workers still busy after {max_rounds} rounds")
 
 
+def outputs(app: Rstick, run_id: str) -> dict[bytes, bytes]:
+    """The packed outputs a run's hash holds, by step (its fields "<step>.o")."""
+    raw = app.client.redis.hgetall(app.keys.run(run_id))
+    return {k[:-2]: v for k, v in raw.items() if k.endswith(b".o")}
+
+
 async def stop_beating(app: Rstick, worker_id: str) -> None:
     """The worker's heartbeat deadline is long past, as if its process died (in its
     record, which the scripts judge, and in the index of workers)."""

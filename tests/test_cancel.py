@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from drive import drain, run, run_until_idle, started
+from drive import drain, outputs, run, run_until_idle, started
 
 from rstick import (
     Context,
@@ -145,7 +145,7 @@ def test_cancel_reaches_every_unfinished_child_and_their_late_results_are_ignore
         assert record.status is RunStatus.CANCELLED
         # Unfinished steps show as cancelled, not running on a worker or queued.
         assert {s.status for s in record.steps} == {StepStatus.CANCELLED}
-        assert app.client.redis.hgetall(app.keys.out(run_id)) == {}  # no result kept
+        assert outputs(app, run_id) == {}  # no result kept
         with pytest.raises(RunCancelled):
             RunRef(app.client, run_id).result(timeout=1)
     events = {k: [e for e in app.client.history(k) if e["ev"] == "cancelled"] for k in kids}

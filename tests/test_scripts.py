@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from drive import drain, run, run_until_idle, started, stop_beating
+from drive import drain, outputs, run, run_until_idle, started, stop_beating
 
 from rstick import Context, Rstick, RunCancelled, RunFailed, StepStatus, StickyStrategy, Worker
 from rstick.keys import GROUP
@@ -246,7 +246,7 @@ def test_complete_releases_children_directly(app: Rstick, redis: Any) -> None:
 
     assert run(scenario()) == [b"ok", b"ok"]
     assert entries(redis, queue) == [(ref.run_id, "c", "1", "0")]
-    assert redis.hgetall(app.keys.out(ref.run_id)) == {b"a": b"\x01", b"b": b"\x02"}
+    assert outputs(app, ref.run_id) == {b"a": b"\x01", b"b": b"\x02"}
 
 
 # -- fencing ----------------------------------------------------------------
@@ -416,7 +416,7 @@ def test_completion_of_a_cancelled_run_is_ignored(app: Rstick) -> None:
     run(scenario())
     # Cancelled with its run, and so it stays: its late result changes nothing.
     assert ref.get().step("add").status is StepStatus.CANCELLED
-    assert app.client.redis.hgetall(app.keys.out(ref.run_id)) == {}
+    assert outputs(app, ref.run_id) == {}
     with pytest.raises(RunCancelled):
         ref.result(timeout=1)
 

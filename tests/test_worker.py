@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from clock import FakeClock
-from drive import drain, run, run_until_idle, started
+from drive import drain, outputs, run, run_until_idle, started
 
 from rstick import (
     Context,
@@ -173,7 +173,7 @@ def test_a_non_serializable_output_fails_the_step_naming_the_path(app: Rstick) -
     assert (info.value.step, info.value.error_type) == ("a", "SerializationError")
     assert info.value.error_message == "output['x'][1]: set is not serializable"
     assert ref.get().step("b").status is StepStatus.WAITING
-    assert app.client.redis.hgetall(app.keys.out(ref.run_id)) == {}
+    assert outputs(app, ref.run_id) == {}
 
 
 def test_an_output_over_the_size_limit_fails_the_step_and_writes_no_output(app: Rstick) -> None:
@@ -199,7 +199,7 @@ def test_an_output_over_the_size_limit_fails_the_step_and_writes_no_output(app: 
         "output is 2,003 bytes packed, over the limit of 1,000 (Rstick(max_payload_bytes=...))"
     )
     assert big.get().step("b").status is StepStatus.WAITING
-    assert app.client.redis.hgetall(app.keys.out(big.run_id)) == {}
+    assert outputs(app, big.run_id) == {}
 
 
 def test_a_step_raising_cancelled_error_fails_instead_of_hanging(app: Rstick) -> None:

@@ -55,8 +55,15 @@ for _ = 1, n do
   i = children_at + nchildren
 
   local rk = run_key(p, run)
-  local h = redis.call('HMGET', rk, 'status', 'epoch', 'worker', 'sticky', 'queue',
-    step .. '.st', step .. '.a', step .. '.w', 'wf', step .. '.c', 'follows')
+  -- One HMGET for all this item needs: the fence, the route of released children,
+  -- their pending parents, and what finish needs should the run end here.
+  local fields = {'status', 'epoch', 'worker', 'sticky', 'queue', step .. '.st', step .. '.a',
+    step .. '.w', 'wf', step .. '.c', 'follows', 'left'}
+  local at_children = #fields + 1
+  for j = 0, nchildren - 1 do fields[#fields + 1] = ARGV[children_at + j] .. '.p' end
+  local at_finish = #fields + 1
+  for _, f in ipairs(FINISH_FIELDS) do fields[#fields + 1] = f end
+  local h = redis.call('HMGET', rk, unpack(fields))
   local status, cur_epoch, pinned, sticky, queue, st, a, sw = h[1], h[2], h[3], h[4], h[5], h[6],
     h[7], h[8]
   local res = 'ok'
@@ -75,19 +82,32 @@ for _ = 1, n do
       redis.call('HSET', rk, step .. '.st', 'abandoned', step .. '.t1', now, step .. '.c', attempt)
     end
   elseif outcome == 'ok' then
-    redis.call('HSET', out_key(p, run), step, payload)
-    redis.call('HSET', rk, step .. '.st', 'succeeded', step .. '.t1', now, step .. '.c', attempt)
-    history(p, run, 'ev', 'succeeded', 's', step, 'w', me, 'a', attempt)
+    local left = tonumber(h[12]) - 1
+    local set = {step .. '.st', 'succeeded', step .. '.t1', now, step .. '.c', attempt,
+      step .. '.o', payload, 'left', left}
     local dest = nil
     for j = 0, nchildren - 1 do
       local child = ARGV[children_at + j]
-      if redis.call('HINCRBY', rk, child .. '.p', -1) == 0 then
-        redis.call('HSET', rk, child .. '.st', 'queued', child .. '.a', '1')
+      local pending = tonumber(h[at_children + j]) - 1
+      set[#set + 1] = child .. '.p'
+      set[#set + 1] = pending
+      if pending == 0 then
+        set[#set + 1] = child .. '.st'
+        set[#set + 1] = 'queued'
+        set[#set + 1] = child .. '.a'
+        set[#set + 1] = '1'
         dest = dest or route(p, sticky, pinned, queue, h[11])
         dispatch(p, run, child, '1', epoch, h[9], dest)
       end
     end
-    if redis.call('HINCRBY', rk, 'left', -1) == 0 then finish(p, run, 'succeeded', now) end
+    if left == 0 then  -- the run's last step: one write, one history event, for both
+      local known = {}
+      for k = 1, #FINISH_FIELDS do known[k] = h[at_finish + k - 1] end
+      finish(p, run, 'succeeded', now, known, set, {'s', step, 'w', me, 'a', attempt})
+    else
+      redis.call('HSET', rk, unpack(set))
+      history(p, run, 'ev', 'succeeded', 's', step, 'w', me, 'a', attempt)
+    end
   elseif outcome == 'retry' then
     local next_attempt = tostring(tonumber(attempt) + 1)
     local due = now + tonumber(delay)

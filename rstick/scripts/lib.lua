@@ -10,7 +10,6 @@ local function now_ms()
 end
 
 local function run_key(p, run) return p .. ':run:' .. run end
-local function out_key(p, run) return p .. ':out:' .. run end
 local function hist_key(p, run) return p .. ':hist:' .. run end
 local function personal_key(p, w) return p .. ':w:' .. w end
 local function queue_key(p, q) return p .. ':q:' .. q end
@@ -97,17 +96,36 @@ local function release_followers(p, run, followers)
   end
 end
 
+-- The fields of a run that finish needs, read with the caller's own HMGET when it
+-- can (complete.lua does, on the hot path): append them to its field list, then
+-- pass the values from `at` on to finish.
+local FINISH_FIELDS = {'worker', 'retention', 'waiting', 'followers', 'parked', 'follows'}
+
 -- End a run: status, finish time, retention, unpin, history, wake waiters.
-local function finish(p, run, status, now)
+-- known: the values of FINISH_FIELDS in order (nil: read here); set: more fields to
+-- write with the status (a last step's own); event: more fields of the "finished"
+-- history event (a last step's success, told in it: see Admin.history).
+local function finish(p, run, status, now, known, set, event)
   local rk = run_key(p, run)
-  local h = redis.call('HMGET', rk, 'worker', 'retention', 'waiting', 'followers')
-  if h[4] and h[4] ~= '' then release_followers(p, run, h[4]) end
-  redis.call('HSET', rk, 'status', status, 'finished', now)
-  redis.call('HDEL', rk, 'parked', 'waiting', 'waiting_since', 'follows', 'followers')
-  if h[1] and h[1] ~= '' then redis.call('SREM', pinned_key(p, h[1]), run) end
-  local ttl = tonumber(h[2])
-  history(p, run, 'ev', 'finished', 'status', status)
-  for _, k in ipairs({rk, out_key(p, run), hist_key(p, run)}) do
+  local h = known or redis.call('HMGET', rk, unpack(FINISH_FIELDS))
+  local pinned, retention, waiting, followers, parked, follows = h[1], h[2], h[3], h[4], h[5],
+    h[6]
+  if followers and followers ~= '' then release_followers(p, run, followers) end
+  local fields = set or {}
+  fields[#fields + 1] = 'status'
+  fields[#fields + 1] = status
+  fields[#fields + 1] = 'finished'
+  fields[#fields + 1] = now
+  redis.call('HSET', rk, unpack(fields))
+  if waiting or followers or parked or follows then
+    redis.call('HDEL', rk, 'parked', 'waiting', 'waiting_since', 'follows', 'followers')
+  end
+  if pinned and pinned ~= '' then redis.call('SREM', pinned_key(p, pinned), run) end
+  local ev = {'ev', 'finished', 'status', status}
+  for _, x in ipairs(event or {}) do ev[#ev + 1] = x end
+  history(p, run, unpack(ev))
+  local ttl = tonumber(retention)
+  for _, k in ipairs({rk, hist_key(p, run)}) do
     if ttl > 0 then redis.call('EXPIRE', k, ttl) else redis.call('DEL', k) end
   end
   redis.call('PUBLISH', p .. ':done:' .. run, status)

@@ -119,7 +119,9 @@ local function claim(stream, id, kv, again)
   local res = {'run', run, step, attempt, epoch, wf, stream, id, h[10], h[8] or '0', h[12] or '0'}
   if h[9] then
     local names = words(h[9])
-    local outs = redis.call('HMGET', out_key(p, run), unpack(names))
+    local fields = {}
+    for j = 1, #names do fields[j] = names[j] .. '.o' end
+    local outs = redis.call('HMGET', rk, unpack(fields))
     for j = 1, #names do
       res[#res + 1] = names[j]
       res[#res + 1] = outs[j] or ''

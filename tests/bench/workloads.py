@@ -380,7 +380,7 @@ def _latencies(b: Bench, task: str, n: int) -> Latencies:
         procs.stop()
     pipe = app.client.redis.pipeline(transaction=False)
     for run_id in sent:
-        pipe.hget(app.keys.out(run_id), task)
+        pipe.hget(app.keys.run(run_id), f"{task}.o")
     started = [unpack(x) for x in pipe.execute()]
     return Latencies(sorted(s - t for s, t in zip(started, sent.values(), strict=True)), +trips, n)
 

@@ -308,7 +308,11 @@ class Storm:
         runs = {run_id: app.get_run(run_id) for run_id, _, _ in plan}
         history = {run_id: app.client.history(run_id) for run_id in runs}
         outputs = {
-            run_id: {k.decode(): unpack(v) for k, v in r.hgetall(keys.out(run_id)).items()}
+            run_id: {
+                k.decode()[:-2]: unpack(v)
+                for k, v in r.hgetall(keys.run(run_id)).items()
+                if k.endswith(b".o")
+            }
             for run_id in runs
         }
         streams = [keys.queue("default")]

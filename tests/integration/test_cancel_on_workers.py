@@ -13,6 +13,11 @@ from tests.integration.procs import WorkerProcs, rstick_cli, wait_for
 APP = "tests.integration.cancel_app:app"
 
 
+def outputs(app: Rstick, run_id: str) -> dict[bytes, bytes]:
+    raw = app.client.redis.hgetall(app.keys.run(run_id))
+    return {k[:-2]: v for k, v in raw.items() if k.endswith(b".o")}
+
+
 def test_cancel_of_a_parent_cancels_its_running_children_and_ignores_their_results(
     workers: WorkerProcs, app: Rstick, redis_url: str, namespace: str
 ) -> None:
@@ -52,5 +57,5 @@ def test_cancel_of_a_parent_cancels_its_running_children_and_ignores_their_resul
         assert run.status is RunStatus.CANCELLED, run
         assert {s.status for s in run.steps} == {StepStatus.CANCELLED}, run
         with redis.Redis.from_url(redis_url) as r:
-            assert r.hgetall(app.keys.out(run_id)) == {}
+            assert outputs(app, run_id) == {}
     assert not [r for r in app.client.list_runs(limit=100) if r.status is RunStatus.SUCCEEDED]
