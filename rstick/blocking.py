@@ -15,6 +15,7 @@ and the worker uses a redis-py pipeline instead.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio.connection as aconnection
@@ -36,6 +37,10 @@ class _Protocol(asyncio.Protocol):
         self.want = 0
         self.waiter: asyncio.Future[None] | None = None
         self.lost: BaseException | None = None
+        # Called with the replies as soon as they are all in, before the waiting
+        # coroutine resumes (a turn of the event loop later): see Fetcher.
+        self.early: Callable[[list[Any]], None] | None = None
+        self.taken: list[Any] | None = None  # the replies `early` was given
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -47,6 +52,9 @@ class _Protocol(asyncio.Protocol):
             return
         waiter = self.waiter
         if waiter is not None and len(self.replies) >= self.want and not waiter.done():
+            if self.early is not None:
+                self.taken = _replies(self.replies, self.want)
+                self.early(self.taken)
             waiter.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -130,10 +138,21 @@ class BlockingConnection:
                     raise reply
         return protocol
 
-    async def call(self, commands: list[tuple[Any, ...]], timeout: float) -> list[Any]:
-        """Send the commands in one write; their replies, errors as redis-py exceptions."""
+    async def call(
+        self,
+        commands: list[tuple[Any, ...]],
+        timeout: float,
+        early: Callable[[list[Any]], None] | None = None,
+    ) -> list[Any]:
+        """Send the commands in one write; their replies, errors as redis-py exceptions.
+        ``early`` is called with them as soon as they are in: a turn of the event loop
+        sooner than this returns."""
         protocol = await self._connect()
-        return await self._exchange(protocol, commands, timeout)
+        protocol.early = early
+        try:
+            return await self._exchange(protocol, commands, timeout)
+        finally:
+            protocol.early = None
 
     async def _exchange(
         self, protocol: _Protocol, commands: list[tuple[Any, ...]], timeout: float
@@ -154,14 +173,23 @@ class BlockingConnection:
         finally:
             timer.cancel()
             protocol.waiter = None
-        replies = protocol.replies[: len(commands)]
-        del protocol.replies[: len(commands)]
-        return [_error(r) if isinstance(r, hiredis.ReplyError) else r for r in replies]
+        if protocol.taken is not None:
+            taken, protocol.taken = protocol.taken, None
+            return taken
+        return _replies(protocol.replies, len(commands))
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
         self._transport = self._protocol = self._loop = None
+
+
+def _replies(replies: list[Any], n: int) -> list[Any]:
+    """The first ``n`` replies, taken out of ``replies``, errors as redis-py's."""
+    assert hiredis is not None
+    out = [_error(r) if isinstance(r, hiredis.ReplyError) else r for r in replies[:n]]
+    del replies[:n]
+    return out
 
 
 def _expire(waiter: asyncio.Future[None], timeout: float) -> None:

@@ -284,12 +284,14 @@ class Client(Admin, Events):
         check_task_input(wf, input)
         data = pack(input, "input", max_bytes=self.app.max_payload_bytes)
         delay_ms = int(delay * 1000) if delay > 0 else 0
-        head = [self.keys.prefix, run_id, wf.name, wf.queue, pin, *parent, delay_ms]
-        tail = [RunField.WORKER, pin, RunField.INPUT, data]
-        tail += [RunField.PARENT_RUN, parent[0], RunField.PARENT_STEP, parent[1]]
+        head = (self.keys.prefix, wf.name, wf.queue, pin, *parent)
+        tail: tuple[Any, ...] = (RunField.WORKER, pin, RunField.PARENT_RUN, parent[0])
+        tail += (RunField.PARENT_STEP, parent[1])
         if pin and parent[0]:  # a sticky child: it goes where its parent goes (reap_run.lua)
-            tail += [RunField.STICKY_CHILD, "1"]
-        return Call(run_id, head, self.run_fields(wf, pinned=bool(pin)), tail)
+            tail += (RunField.STICKY_CHILD, "1")
+        tail += (RunField.INPUT,)
+        fields = self.run_fields(wf, pinned=bool(pin))
+        return Call(run_id, head, delay_ms, fields, tail, data)
 
     def run_fields(self, wf: WorkflowDef, *, pinned: bool) -> Fields:
         """What enqueue.lua is given for any run of ``wf``, built (and packed) once

@@ -23,6 +23,9 @@ def child_run_id(parent_run: str, parent_step: str, workflow: str, name: str) ->
     return hashlib.sha256(seed.encode()).hexdigest()[:32]
 
 
+_STEP_LOG = logging.getLogger("rstick.step")
+
+
 @dataclass
 class Context:
     """One execution of one step: a fresh Context per attempt."""
@@ -34,10 +37,10 @@ class Context:
     worker: Worker
     reassigned: bool = False
     parents: dict[str, Any] = field(default_factory=dict)
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("rstick.step"))
+    logger: logging.Logger = _STEP_LOG
     # Spawns without a key made so far in this step execution (their child ids).
-    _spawns: itertools.count[int] = field(
-        default_factory=itertools.count, init=False, repr=False, compare=False
+    _spawns: itertools.count[int] | None = field(
+        default=None, init=False, repr=False, compare=False
     )
 
     def parent_output(self, name: str) -> Any:
@@ -64,6 +67,8 @@ class Context:
                 )
             args["pin"] = self.worker.id()
         # Taken before any await: spawns gathered concurrently number in call order.
+        if self._spawns is None:
+            self._spawns = itertools.count()
         name = f"k:{key}" if key is not None else f"n:{next(self._spawns)}"
         args["run_id"] = child_run_id(self.run_id, self.step, workflow, name)
         return args

@@ -70,11 +70,29 @@ class StepDef:
                 f"not {what}"
             )
         if self.signature is not None:
-            try:
-                self.signature.bind(ctx, **kwargs)
-            except TypeError as exc:
-                raise TaskInputError(f"task {self.name!r} cannot take this input: {exc}") from None
+            problem = self._bind_problem(tuple(kwargs))
+            if problem is not None:
+                raise TaskInputError(f"task {self.name!r} cannot take this input: {problem}")
         return kwargs
+
+    def _bind_problem(self, names: tuple[str, ...]) -> str | None:
+        """Why ``fn(ctx, **{name: ...})`` does not bind, None if it does. Only the names
+        matter, so the answer is kept for each set of them (on the way of every enqueue)."""
+        if names in self._bindings:
+            return self._bindings[names]
+        assert self.signature is not None
+        try:
+            self.signature.bind(None, **dict.fromkeys(names))
+            problem = None
+        except TypeError as exc:
+            problem = str(exc)
+        if len(self._bindings) < 64:  # a few shapes of input per task, not unbounded
+            self._bindings[names] = problem
+        return problem
+
+    @functools.cached_property
+    def _bindings(self) -> dict[tuple[str, ...], str | None]:
+        return {}
 
     def retry_delay(self, attempt: int) -> float:
         """Backoff before attempt ``attempt + 1``, capped at five minutes."""

@@ -8,6 +8,7 @@ once, and each call adds only its own head and tail. The worker's counterpart is
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -39,30 +40,43 @@ class Fields:
     packed: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Call:
-    """One call of enqueue.lua: its ARGV is head, the definition's fields, tail."""
+    """One call of enqueue.lua. Its ARGV: the head (the namespace and what is the
+    same for every run of a workflow enqueued alike), the run's id and delay, the
+    definition's fields, then the tail (the run's own fields, its input last)."""
 
     run_id: str
-    head: list[Any]
+    head: tuple[Any, ...]  # prefix, workflow, queue, pin, parent run, parent step
+    delay_ms: int
     fields: Fields
-    tail: list[Any]
+    tail: tuple[Any, ...]  # (field, value) * n of the run's hash, before its input
+    data: bytes  # the packed input
 
     @property
     def args(self) -> list[Any]:
-        return [*self.head, *self.fields.args, *self.tail]
+        return [*self.head, self.run_id, self.delay_ms, *self.fields.args, *self.tail, self.data]
 
     def packed(self, sha: str, key: str) -> bytes:
-        """EVALSHA sha 1 key ARGV..., as the bytes Redis reads."""
-        n = 4 + len(self.head) + len(self.fields.args) + len(self.tail)
+        """EVALSHA sha 1 key ARGV..., as the bytes Redis reads: what is the same for
+        every run of a workflow is packed once (``_packed_once``)."""
+        n = 4 + len(self.head) + 2 + len(self.fields.args) + len(self.tail) + 1
+        run_id, delay = self.run_id.encode(), b"%d" % self.delay_ms
         return b"".join(
             (
                 b"*%d\r\n" % n,
-                bulks(("EVALSHA", sha, 1, key, *self.head)),
+                _packed_once(("EVALSHA", sha, 1, key, *self.head)),
+                b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(run_id), run_id, len(delay), delay),
                 self.fields.packed,
-                bulks(self.tail),
+                _packed_once(self.tail),
+                b"$%d\r\n%s\r\n" % (len(self.data), self.data),
             )
         )
+
+
+@functools.lru_cache(maxsize=1024)
+def _packed_once(args: tuple[Any, ...]) -> bytes:
+    return bulks(args)
 
 
 def send_packed(conn: Any, calls: list[Call], sha: str, key: str) -> list[Any] | None:

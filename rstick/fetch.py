@@ -10,6 +10,7 @@ Both go on the worker's own connection (``blocking.py``) when it can have one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
@@ -58,10 +59,17 @@ class Fetcher:
         self.marks: list[Any] | None = None
         # The blocking read's connection, and the client it was made for.
         self._blocking: tuple[Any, BlockingConnection | None] | None = None
+        # Given by the worker: starts claims at once, from the connection's callback,
+        # when a blocking read's claims come in (a turn of the event loop sooner, on
+        # the way from enqueue to a step's start). None: fetch returns every claim.
+        self.start_early: Callable[[list[Claim]], None] | None = None
+        self.started = 0  # claims the last fetch started early
 
     async def fetch(self, free: int, block_ms: int | None) -> tuple[list[Claim], bool]:
         """Take up to ``free`` entries: (their claims, whether the worker is live: its
-        heartbeat holds). ``block_ms`` None: never block."""
+        heartbeat holds), but those ``start_early`` started (counted in ``started``).
+        ``block_ms`` None: never block."""
+        self.started = 0
         marks, self.marks = self.marks, None  # a failed call leaves no stale marks
         if block_ms is None or marks is None:
             replies, marks, live = await self.take(free, None, want_marks=block_ms is not None)
@@ -113,7 +121,24 @@ class Fetcher:
             read_cmd: tuple[Any, ...] = ("XREADGROUP", "GROUP", GROUP, self.worker_id, "COUNT", 1)
             read_cmd += ("BLOCK", block_ms, "STREAMS", *self.streams, *(">" for _ in self.streams))
             take_cmd = ("EVALSHA", take.sha, 1, self.keys.workflows, *args)
-            read, reply = await conn.call([read_cmd, take_cmd], block_ms / 1000 + TAKE_TIMEOUT)
+            started: list[int] = []
+            start = self.start_early
+
+            def early(replies: list[Any]) -> None:
+                got = replies[1]
+                if start is None or isinstance(replies[0], Exception) or isinstance(got, Exception):
+                    return  # errors: the coroutine sorts them out
+                if got[2]:  # live
+                    claims = [Claim.from_reply(r) for r in got[0]]
+                    start(claims)
+                    started.append(len(claims))
+
+            read, reply = await conn.call(
+                [read_cmd, take_cmd], block_ms / 1000 + TAKE_TIMEOUT, early
+            )
+            if started:
+                self.started = started[0]
+                return [], [], True  # its claims have started already
         else:
             pipe = self.client.aredis.pipeline(transaction=False)
             pipe.xreadgroup(

@@ -43,7 +43,7 @@ from .names import check_name
 from .outage import AUTH_ERRORS, describe_outage, is_outage
 from .plural import plural
 from .preflight import check_server_once
-from .protocol import Outcome
+from .protocol import Claim, Outcome
 from .reaper import Reaper
 from .scripts import Scripts
 from .steps import Job, StepResult, StepRunner
@@ -117,6 +117,7 @@ class Worker:
             too_many_hung=lambda: self.request_stop(1),
         )
         self.completer = Completer(app.client, self.keys, self._id, app.dead_maxlen)
+        self.fetcher.start_early = self._start_claims
         self.membership = Membership(
             app,
             self._id,
@@ -561,15 +562,18 @@ class Worker:
             # Our heartbeat lapsed: claim nothing until the next beat says we may.
             self.live.clear()
             return 0
+        self._start_claims(claims)
+        if claims:
+            # Let the new steps begin before the fetch loop's next round trip.
+            await asyncio.sleep(0)
+        return len(claims) + self.fetcher.started
+
+    def _start_claims(self, claims: list[Claim]) -> None:
         for claim in claims:
             try:
                 self.steps.start(claim)
             except Exception:  # a bug: the step stays pending here and is recovered
                 log.exception("could not start %s/%s", claim.run_id, claim.step)
-        if claims:
-            # Let the new steps begin before the fetch loop's next round trip.
-            await asyncio.sleep(0)
-        return len(claims)
 
     def _record(self, job: Job, result: StepResult) -> None:
         """Queue a step's outcome for the complete loop's next batch."""

@@ -1,9 +1,9 @@
 -- enqueue: create a run and dispatch its ready steps.
 -- KEYS[1]  {ns}:wf (the definitions hash; also routes the call to the namespace's slot)
--- ARGV     prefix, run_id, workflow, queue, pin_worker, parent_run, parent_step,
+-- ARGV     prefix, workflow, queue, pin_worker, parent_run, parent_step, run_id,
 --          delay_ms (0: now), ndispatch, step * ndispatch,
 --          (field, value) * rest: the run's hash, which the client builds from the
---          definition (Python: rstick.client, Client.run_fields): status "queued" at
+--          definition (Python: rstick.protocol, enqueue_fields; rstick.fastpath, Call): status "queued" at
 --          epoch 0, every step "waiting" at attempt 0 but the roots, "queued" at
 --          attempt 1, the parents of each step, its retention, and "held": the roots
 --          of a sticky run that wait, queued, for a worker to pin the run.
@@ -14,8 +14,8 @@
 --          "unknown" (no such workflow: nothing written) or "parent cancelled" (a
 --          step of a cancelled run spawning a child: nothing written, as the
 --          cancel of that run may have listed its children already).
-local p, run_id, wf, queue, pin_to = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local parent_run, parent_step, delay = ARGV[6], ARGV[7], tonumber(ARGV[8])
+local p, wf, queue, pin_to = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local parent_run, parent_step, run_id, delay = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
 if redis.call('HEXISTS', KEYS[1], wf) == 0 then return 'unknown' end
 if parent_run ~= '' and redis.call('HGET', run_key(p, parent_run), 'status') == 'cancelled' then
   return 'parent cancelled'
