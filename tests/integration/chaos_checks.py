@@ -33,7 +33,7 @@ from typing import Any
 
 from . import chaos_app
 from .chaos_harness import APP, Life, StepLine
-from .chaos_storm import GARBAGE, PARTIAL_ID, Outcome, Pause
+from .chaos_storm import GARBAGE, PARTIAL_ID, Exit, Outcome, Pause
 
 GARBAGE_REASONS = {"malformed entry: needs fields r, s, a, e, w"}
 LOG_SLACK = 0.01  # log lines carry milliseconds, truncated
@@ -42,6 +42,7 @@ LOG_SLACK = 0.01  # log lines carry milliseconds, truncated
 LOST_REPLY_WINDOW = 5.0
 HUNG_LINE = re.compile(r"ignored its timeout and goes on running \((\d+) steps? hung, limit (\d+)")
 TIMING_SLACK = 0.2  # seconds: a step's own clock and its worker's log are this close
+HAND_OFF_SLACK = 0.5  # seconds: the storm sees a stopped worker's exit this late, at most
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Liveness:
         if x.stopping_at is not None and x.stopping_at <= at:
             return False
         return not any(
-            p.stopped_at <= at <= (p.rejoined_at or float("inf"))
+            p.stopped_at <= at <= (p.rejoined_at or p.ended_at or float("inf"))
             for p in self.long_pauses[x.worker_id, x.n]
         )
 
@@ -193,9 +194,11 @@ def _worker_problems(o: Outcome, live: Liveness) -> list[Problem]:
     for x in o.lives:
         name = f"{x.worker_id} (pid {x.pid})"
         windows = [
-            (p.stopped_at, (p.rejoined_at or float("inf")) + LOG_SLACK)
+            (p.stopped_at, (p.rejoined_at or p.ended_at or float("inf")) + LOG_SLACK)
             for p in live.long_pauses[x.worker_id, x.n]
         ]
+        # A stopping worker hands its runs over by declaring itself dead.
+        windows.append((x.stopping_at or float("inf"), float("inf")))
         for at in x.times("was declared dead"):
             if not any(start <= at <= end for start, end in windows):
                 out.append(Problem(f"{name} was declared dead at {at:.3f} while it beat"))
@@ -204,13 +207,14 @@ def _worker_problems(o: Outcome, live: Liveness) -> list[Problem]:
         for at in x.times("was taken over by pid"):
             out.append(Problem(f"{name} was taken over at {at:.3f}"))
     for pause in o.pauses:
-        if pause.rejoined_at is None:
+        if not (pause.rejoined_at or pause.ended_at):
             out.append(
                 Problem(f"{pause.worker_id} never beat again after its pause at {pause.stopped_at}")
             )
     for st in o.stops:
         if st.code != 0:
             out.append(Problem(f"{st.worker_id} exited with {st.code} after a SIGTERM, not 0"))
+        out += _left_behind(o, live, st)
     for ex in o.exits:
         life = next(x for x in o.lives if (x.worker_id, x.n) == (ex.worker_id, ex.n))
         if "hung past their timeout" not in life.text():
@@ -219,6 +223,24 @@ def _worker_problems(o: Outcome, live: Liveness) -> list[Problem]:
         elif ex.code != 1:  # so that its supervisor starts it again
             out.append(Problem(f"{ex.worker_id} stopped for its hung steps with {ex.code}, not 1"))
     return out
+
+
+def _left_behind(o: Outcome, live: Liveness, stop: Exit) -> list[Problem]:
+    """A graceful stop hands the worker's runs over before it exits: none of them is
+    moved or parked later on its account, until the same id is back."""
+    back = live.back_between(stop.worker_id, stop.at, float("inf")) or float("inf")
+    late = sorted(
+        (e["at"], run_id)
+        for run_id, hist in o.history.items()
+        for e in hist
+        if stop.at + HAND_OFF_SLACK < e["at"] < back
+        and (
+            (e["ev"] == "reassigned" and e["from"] == stop.worker_id)
+            or (e["ev"] == "parked" and e["w"] == stop.worker_id)
+        )
+    )
+    who = f"{stop.worker_id}, stopped at {stop.at},"
+    return [Problem(f"{who} left {run_id} behind: moved at {at}", run_id) for at, run_id in late]
 
 
 def _hung_count_problems(o: Outcome) -> list[Problem]:

@@ -127,6 +127,7 @@ class Pause:
     # When the storm saw its record beating again after the SIGCONT (rejoined, if it
     # had been declared dead): the end of the time its runs could legitimately move.
     rejoined_at: float | None = None
+    ended_at: float | None = None  # its process ended before it was seen beating again
 
     def past_ttl(self, config: Config) -> bool:
         """Whether it may have been declared dead: it lasted longer than the ttl less
@@ -395,8 +396,9 @@ class Storm:
     # -- worker faults -----------------------------------------------------------
 
     def _up(self, workers: Workers) -> list[str]:
-        """Running workers that are not paused."""
-        paused = {p.worker_id for p in self.pauses if p.resumed_at is None}
+        """Running workers that are not paused, nor back from a pause but not yet seen
+        beating (a worker killed then would never show how it rejoins)."""
+        paused = {p.worker_id for p in self.pauses if not (p.rejoined_at or p.ended_at)}
         return [w for w in workers.running() if w not in paused]
 
     def _victims(self, workers: Workers) -> list[str]:
@@ -432,6 +434,7 @@ class Storm:
             back_as = self.slots[slot]
         life = workers.kill(victim)
         assert life.killed_at is not None
+        self._ended(life)
         kill = Kill(victim, life.killed_at, life.killed_at + down, back_as)
         self.kills.append(kill)
         self.say(f"killed {victim}; back in {down:.1f}s as {kill.back_as}")
@@ -450,13 +453,19 @@ class Storm:
             assert life.exited is not None and life.killed_at is not None
             self.exits.append(Exit(life.worker_id, life.n, life.exited, life.killed_at))
             self.say(f"{life.worker_id} exited by itself ({life.exited}): starting it again")
-            for pause in self.pauses:
-                if pause.worker_id == life.worker_id and pause.resumed_at is None:
-                    pause.resumed_at = life.killed_at  # cannot happen while stopped
+            self._ended(life)
             self._start(workers, life.worker_id)
 
+    def _ended(self, life: Life) -> None:
+        """A process is gone: its pauses not yet seen to end with a beat end here."""
+        for pause in self.pauses:
+            if (pause.worker_id, pause.n) == (life.worker_id, life.n) and not pause.rejoined_at:
+                pause.ended_at = life.killed_at
+
     def _pause(self, workers: Workers) -> None:
-        victims = self._victims(workers)
+        # Only a worker that has started: one paused while it starts up has no
+        # heartbeat to miss yet.
+        victims = [w for w in self._victims(workers) if workers.current[w].ready_at]
         if not victims:
             return
         victim = self.random.choice(victims)
@@ -473,11 +482,11 @@ class Storm:
         pause.resumed_at = time.time()
 
     def _watch_pauses(self, workers: Workers, app: Any) -> None:
-        """SIGCONT the pauses that are over; note when a long one's worker beats again."""
+        """SIGCONT the pauses that are over; note when each paused worker beats again."""
         for pause in self.pauses:
             if pause.resumed_at is None and time.time() >= pause.stopped_at + pause.length:
                 self._resume(workers, pause)
-            elif pause.resumed_at is not None and pause.rejoined_at is None:
+            elif pause.resumed_at is not None and not (pause.rejoined_at or pause.ended_at):
                 self._check_rejoined(app, pause)
 
     def _check_rejoined(self, app: Any, pause: Pause) -> bool:
@@ -505,22 +514,27 @@ class Storm:
 
     def _open_gap(self, workers: Workers) -> None:
         """Stop every worker with the full code (SIGTERM, as a deploy does: each hands
-        its SOFT runs back and leaves); they come back together after ``code_gap``
-        seconds, and meanwhile only p1, which lacks some workflows, is up."""
+        its SOFT runs back and leaves); once they are all gone, only p1, which lacks
+        some workflows, is up for ``code_gap`` seconds; then they come back together."""
+        self.say(f"code gap: stopping every worker but {PARTIAL_ID}")
+        stopping = [wid for wid in workers.running() if wid != PARTIAL_ID]
+        for wid in stopping:
+            workers.signal(wid, signal.SIGTERM)
+        stopped = []
+        for wid in stopping:
+            workers.current[wid].proc.wait(self.config.settle)
+            life = workers.forget(wid)
+            self._ended(life)
+            assert life.killed_at is not None and life.proc.returncode is not None
+            self.stops.append(Exit(wid, life.n, life.proc.returncode, life.killed_at))
+            stopped.append(life)
         start = time.time()
         self.gap_until = start + self.config.code_gap
         self.code_gaps.append((start, self.gap_until))
         self.say(f"code gap: only {PARTIAL_ID} is up for {self.config.code_gap}s")
-        stopping = [wid for wid in workers.running() if wid != PARTIAL_ID]
-        for wid in stopping:
-            workers.signal(wid, signal.SIGTERM)
-        for wid in stopping:
-            life = workers.current[wid]
-            life.proc.wait(self.config.settle)
-            workers.forget(wid)
-            assert life.killed_at is not None and life.proc.returncode is not None
-            self.stops.append(Exit(wid, life.n, life.proc.returncode, life.killed_at))
-            kill = Kill(wid, life.killed_at, self.gap_until, wid, gap=True)
+        for life in stopped:
+            assert life.killed_at is not None
+            kill = Kill(life.worker_id, life.killed_at, self.gap_until, life.worker_id, gap=True)
             self.kills.append(kill)
             self.pending_back.append(kill)
         for kill in self.pending_back:
@@ -581,13 +595,13 @@ class Storm:
         def finished() -> bool:
             self._supervise(workers)
             for pause in self.pauses:
-                if pause.rejoined_at is None:
+                if not (pause.rejoined_at or pause.ended_at):
                     self._check_rejoined(app, pause)
             pipe = app.client.redis.pipeline(transaction=False)
             for run_id in ids:
                 pipe.hget(app.keys.run(run_id), "status")
             done = all(s in (b"succeeded", b"failed", b"cancelled") for s in pipe.execute())
-            return done and all(p.rejoined_at for p in self.pauses)
+            return done and all(p.rejoined_at or p.ended_at for p in self.pauses)
 
         self.say("storm over: waiting for the runs")
         try:
