@@ -57,6 +57,7 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         # When the event loop last ran a callback of ours: to say when a step blocks it.
         self._loop_seen = time.monotonic()
+        self._ticked = time.monotonic()  # when this thread last looked
         self._blocked_logged = 0.0
 
     def start(self, joined_ms: int) -> None:
@@ -136,6 +137,9 @@ class Heartbeat:
     def _watch_loop(self) -> None:
         """Log once per heartbeat while the event loop runs none of our callbacks."""
         now = time.monotonic()
+        if now - self._ticked > 2 * self.interval:  # this thread stood still too: the
+            self._loop_seen = now  # whole process was paused (SIGSTOP), not the loop
+        self._ticked = now
         blocked = now - self._loop_seen
         if blocked > 2 * self.interval and now - self._blocked_logged > self.interval:
             self._blocked_logged = now

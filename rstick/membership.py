@@ -26,6 +26,8 @@ from .protocol import text
 
 log = logging.getLogger("rstick.worker")
 
+JOIN_WAIT_CAP = 3  # ttl + heartbeat windows a start waits for a holder that beats no more
+
 
 class Membership:
     def __init__(
@@ -60,18 +62,24 @@ class Membership:
         stream groups; returns the Redis time it joined at. Another live process with
         the same id is waited for, up to its ttl and a heartbeat (a worker restarted
         right after a crash must get its id back); if it still beats then,
-        WorkerIdInUse."""
+        WorkerIdInUse. (A holder that beats no more is waited for while its deadline
+        holds, up to a few ttls: grace after an outage may have pushed it.)"""
         scripts, redis = self.app.client.ascripts, self.app.client.aredis
-        give_up = time.monotonic() + self.app.worker_ttl + self.app.heartbeat
+        window = self.app.worker_ttl + self.app.heartbeat
+        give_up, cap = time.monotonic() + window, time.monotonic() + JOIN_WAIT_CAP * window
+        first_beat = None
         waited = False
-        while True:  # bounded by give_up
+        while True:  # bounded by cap
             reply = await scripts.join(keys=[self.keys.workflows], args=self._join_args())
             if text(reply[0]) == "ok":
                 self.beat_ms = int(reply[1])
                 break
-            _, pid, host, left_ms = reply
+            _, pid, host, left_ms, beat = reply
             holder = f"pid {text(pid)} on {text(host)}"
-            if time.monotonic() + int(left_ms) / 1000 > give_up:
+            first_beat = beat if first_beat is None else first_beat
+            beats = beat != first_beat  # it beat again while we waited: it lives
+            late = time.monotonic() + int(left_ms) / 1000
+            if (beats and late > give_up) or late > cap:
                 raise WorkerIdInUse(self.worker_id, holder)
             if not waited:
                 log.warning(

@@ -407,6 +407,7 @@ class Worker:
         elif self._rejoin is None and result in ("reaped", "unknown"):
             self.live.clear()
             self._rejoin = result
+            self._say_why_it_rejoins(result)
         self._wake.set()
 
     def _on_fatal(self, exc: BaseException) -> None:
@@ -414,12 +415,7 @@ class Worker:
         self._fatal = LoginFailed(login_failure(str(self.app.redis_url), exc) or str(exc))
         self.request_stop(1, hand_off=False)
 
-    async def _rejoin_now(self) -> None:
-        """Rejoin after the reaper declared this worker dead (a pause, a partition
-        longer than its ttl) or Redis lost its record: register again, take back the
-        HARD runs parked for it, and recover the entries it holds but does not run.
-        The steps it runs are left alone: their results are judged when they come."""
-        reason, self._rejoin = self._rejoin, None
+    def _say_why_it_rejoins(self, reason: str) -> None:
         if reason == "reaped":
             log.warning(
                 "worker %s was declared dead: no heartbeat reached Redis for longer than "
@@ -434,9 +430,18 @@ class Worker:
                 "a FLUSHDB or a failover lost its data); registering again",
                 self._id,
             )
+
+    async def _rejoin_now(self) -> None:
+        """Rejoin after the reaper declared this worker dead (a pause, a partition
+        longer than its ttl) or Redis lost its record: register again, take back the
+        HARD runs parked for it, and recover the entries it holds but does not run.
+        The steps it runs are left alone: their results are judged when they come.
+        Redis unavailable half-way: the fetch loop calls this again, and it all
+        happens again (each part may run twice)."""
         await self.join()
         report = await self.reaper.resume(self._id)
         await self.recover_stranded()
+        self._rejoin = None
         if report:
             log.info("worker %s rejoined: %s", self._id, report.summary())
         self.live.set()

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import pytest
 from clock import FakeClock
 from drive import stop_beating
+from redis.exceptions import OutOfMemoryError
 
 from rstick import Context, Rstick, RunFailed, StickyStrategy, Worker
 from rstick.keys import GROUP
@@ -289,3 +290,47 @@ def test_a_report_counts_in_words_that_agree_with_the_number() -> None:
         "2 dead workers, 2 runs parked, 2 entries dispatched again, 0 stale entries deleted, "
         "0 workers removed"
     )
+
+
+def test_a_rejoin_cut_short_by_an_outage_is_done_again_whole(
+    app: Rstick, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker declared dead during a pause wakes while Redis refuses writes: its
+    rejoin fails half-way (after join.lua, before its HARD runs are unparked). The
+    next try must do it all again, or the run stays parked while its worker runs it
+    and is failed at once, with an expired deadline, should that worker die later."""
+    define(app, StickyStrategy.HARD)
+    ref = app.enqueue("Flow")
+
+    async def scenario() -> None:
+        w1, w2 = Worker(app, worker_id="w1"), Worker(app, worker_id="w2")
+        await w1.start()
+        await w2.start()
+        await take_without_running(w1)
+        await kill(w1)  # a pause past its ttl
+        assert (await Reaper(app, "w2").reap()).runs["parked"] == [ref.run_id]
+        await w1.beat()  # it wakes and learns it was declared dead
+        assert w1._rejoin == "reaped"
+
+        resume = w1.reaper.resume
+        calls = 0
+
+        async def resume_after_an_outage(worker: str) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise OutOfMemoryError("command not allowed when used memory > 'maxmemory'")
+            return await resume(worker)
+
+        monkeypatch.setattr(w1.reaper, "resume", resume_after_an_outage)
+        with pytest.raises(OutOfMemoryError):
+            await w1._rejoin_now()
+        assert w1._rejoin == "reaped"  # the fetch loop rejoins again before it claims
+        await w1._rejoin_now()
+        assert w1._rejoin is None and w1.live.is_set()
+        assert app.get_run(ref.run_id).parked_until is None
+        await drain(w1, w2)
+
+    run(scenario())
+    result = ref.result(timeout=1)
+    assert result["a"]["worker"] == result["b"]["worker"] == "w1"

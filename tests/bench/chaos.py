@@ -1,11 +1,31 @@
 """``python -m tests.bench.chaos [--runs N] [--seconds S] ...``: the chaos test, longer.
 
-Starts a durable redis-server (appendonly, fsync always) and N ``rstick worker``
-processes, enqueues SOFT, HARD and non-sticky 3-step runs, SIGKILLs a random
-worker every few seconds and brings it back (under the same id, or sometimes a
-new one), crashes Redis once, then checks every promise of crash safety (see
+Starts a durable redis-server (appendonly, fsync always), N ``rstick worker``
+processes of the chaos app and one of an older deploy without its sticky
+workflows, enqueues SOFT, HARD and non-sticky 3-step runs and now and then one
+whose sync steps hang, injects the faults below while they flow, then checks
+every promise of the README's failure model (see
 ``tests/integration/chaos_checks.py``) and prints the counts. Exit status 1 if
 a promise was broken. Progress goes to stderr, the figures to stdout.
+
+Faults, each on by default (its switch to turn it off on the right):
+
+  kills         SIGKILL a random worker every few seconds;     --no-kills
+                it comes back under its id or a new one
+  pauses        SIGSTOP a worker past its ttl (declared dead,  --no-pauses
+                it must rejoin) or within it (nothing may
+                move), then SIGCONT
+  skewed clock  the last worker runs under Debian's faketime,  --no-skew
+                its wall clock --skew seconds off
+  missing code  worker p1 serves only Plain3 and the tasks;    --no-partial
+                once, every other worker is stopped (SIGTERM)  --no-code-gap
+                for --code-gap seconds
+  redis crash   SIGKILL redis-server, start it again           --no-redis-restart
+  memory full   maxmemory under Redis's use (noeviction) for   --no-memory-full
+                --memory-full seconds, longer than the ttl
+  hung steps    a Hang run every --hang-every seconds: its     --no-hangs
+                sync steps sleep --hang-for seconds, far past
+                their 0.3 s timeout
 """
 
 from __future__ import annotations
@@ -30,53 +50,28 @@ def pair(text: str) -> tuple[float, float]:
     return values
 
 
-def show(values: tuple[float, float]) -> str:
+def show(values: tuple[float, float] | None) -> str:
+    assert values is not None
     return f"{values[0]:g},{values[1]:g}"
+
+
+def share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}")
+    return value
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     d = Config()
     p = argparse.ArgumentParser(
         prog="python -m tests.bench.chaos",
-        description=__doc__.split("\n\n", 1)[1],
+        description=(__doc__ or "").split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--runs", type=int, default=1000, help="runs to enqueue (default 1000)")
-    p.add_argument("--workers", type=int, default=d.workers, help="worker processes (4)")
+    p.add_argument("--workers", type=int, default=d.workers, help="workers of the full app (4)")
     p.add_argument("--seconds", type=float, default=90.0, help="length of the storm (90)")
-    p.add_argument(
-        "--kill-every",
-        type=pair,
-        default=d.kill_every,
-        metavar="MIN,MAX",
-        help=f"seconds between two kills (default {show(d.kill_every)})",
-    )
-    p.add_argument(
-        "--down",
-        type=pair,
-        default=d.down,
-        metavar="MIN,MAX",
-        help=f"seconds a killed worker stays away (default {show(d.down)})",
-    )
-    p.add_argument(
-        "--new-id",
-        type=float,
-        default=d.new_id,
-        help="chance a killed worker returns under a new id (%(default)s)",
-    )
-    p.add_argument(
-        "--redis-restart-at",
-        type=float,
-        default=d.redis_restart_at,
-        help="when Redis crashes, as a share of the storm (%(default)s)",
-    )
-    p.add_argument("--no-redis-restart", action="store_true", help="leave Redis alone")
-    p.add_argument(
-        "--redis-down",
-        type=float,
-        default=d.redis_down,
-        help="seconds Redis stays down (%(default)s)",
-    )
     p.add_argument(
         "--concurrency", type=int, default=d.concurrency, help="steps per worker (%(default)s)"
     )
@@ -101,24 +96,143 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=d.settle,
         help="at most this long for the runs to finish after the storm (%(default)s)",
     )
-    p.add_argument("--seed", type=int, help="random seed (kills are timed, so not exact)")
+    p.add_argument("--seed", type=int, help="random seed (faults are timed, so not exact)")
     p.add_argument("--keep", metavar="DIR", help="keep worker logs and step logs in DIR")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    f = p.add_argument_group("faults")
+    f.add_argument("--no-kills", action="store_true", help="never SIGKILL a worker")
+    f.add_argument(
+        "--kill-every",
+        type=pair,
+        default=d.kill_every,
+        metavar="MIN,MAX",
+        help=f"seconds between two kills (default {show(d.kill_every)})",
+    )
+    f.add_argument(
+        "--down",
+        type=pair,
+        default=d.down,
+        metavar="MIN,MAX",
+        help=f"seconds a killed worker stays away (default {show(d.down)})",
+    )
+    f.add_argument(
+        "--new-id",
+        type=share,
+        default=d.new_id,
+        help="chance a killed worker returns under a new id (%(default)s)",
+    )
+    f.add_argument("--no-pauses", action="store_true", help="never SIGSTOP a worker")
+    f.add_argument(
+        "--pause-every",
+        type=pair,
+        default=d.pause_every,
+        metavar="MIN,MAX",
+        help=f"seconds between two pauses (default {show(d.pause_every)})",
+    )
+    f.add_argument(
+        "--past-ttl",
+        type=float,
+        default=d.past_ttl,
+        metavar="S",
+        help="a long pause lasts the ttl and this (%(default)s); a short one half the ttl",
+    )
+    f.add_argument(
+        "--long-share",
+        type=share,
+        default=d.long_share,
+        help="share of the pauses past the ttl (%(default)s)",
+    )
+    f.add_argument("--no-skew", action="store_true", help="no worker under faketime")
+    f.add_argument(
+        "--skew",
+        type=float,
+        default=d.skew,
+        metavar="S",
+        help="the skewed worker's clock offset, seconds (%(default)s)",
+    )
+    f.add_argument(
+        "--no-partial", action="store_true", help="no worker without the sticky workflows"
+    )
+    f.add_argument("--no-code-gap", action="store_true", help="never stop every worker with code")
+    f.add_argument(
+        "--code-gap",
+        type=float,
+        default=d.code_gap,
+        metavar="S",
+        help="seconds only the worker without the code is up (%(default)s)",
+    )
+    f.add_argument(
+        "--code-gap-at",
+        type=share,
+        default=d.code_gap_at,
+        help="when the code gap opens, as a share of the storm (%(default)s)",
+    )
+    f.add_argument("--no-redis-restart", action="store_true", help="leave Redis running")
+    f.add_argument(
+        "--redis-restart-at",
+        type=share,
+        default=d.redis_restart_at,
+        help="when Redis crashes, as a share of the storm (%(default)s)",
+    )
+    f.add_argument(
+        "--redis-down",
+        type=float,
+        default=d.redis_down,
+        metavar="S",
+        help="seconds Redis stays down (%(default)s)",
+    )
+    f.add_argument("--no-memory-full", action="store_true", help="never fill Redis's memory")
+    f.add_argument(
+        "--memory-full",
+        type=float,
+        default=d.memory_full,
+        metavar="S",
+        help="seconds Redis refuses writes, more than --worker-ttl (%(default)s)",
+    )
+    f.add_argument(
+        "--memory-full-at",
+        type=share,
+        default=d.memory_full_at,
+        help="when Redis's memory fills, as a share of the storm (%(default)s)",
+    )
+    f.add_argument("--no-hangs", action="store_true", help="no step hangs past its timeout")
+    f.add_argument(
+        "--hang-every",
+        type=float,
+        default=d.hang_every,
+        metavar="S",
+        help="seconds between two runs whose steps hang (%(default)s)",
+    )
+    f.add_argument(
+        "--hang-for",
+        type=float,
+        default=d.hang_for,
+        metavar="S",
+        help="seconds a hung step sleeps (%(default)s; its timeout is 0.3)",
+    )
     args = p.parse_args(argv)
     if args.runs < 1 or args.workers < 2 or args.concurrency < 1:
         p.error("need --runs >= 1, --workers >= 2 and --concurrency >= 1")
     if args.worker_ttl <= args.heartbeat:
         p.error("--worker-ttl must be longer than --heartbeat")
+    if not args.no_memory_full and args.memory_full <= args.worker_ttl:
+        p.error("--memory-full must be longer than --worker-ttl: that is the fault")
+    if not args.no_pauses and args.past_ttl <= 0:
+        p.error("--past-ttl must be positive: a long pause lasts longer than the ttl")
+    if not args.no_hangs and (args.hang_every <= 0 or args.hang_for <= 0.3):
+        p.error("--hang-every must be positive and --hang-for longer than the 0.3 s timeout")
+    if not args.no_skew and not shutil.which("faketime"):
+        p.error("faketime is not installed (Debian: apt-get install faketime); or --no-skew")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    config = Config(
+def config(args: argparse.Namespace) -> Config:
+    return Config(
         runs=args.runs,
         workers=args.workers,
         seconds=args.seconds,
-        kill_every=args.kill_every,
+        kill_every=None if args.no_kills else args.kill_every,
         down=args.down,
         new_id=args.new_id,
         redis_restart_at=None if args.no_redis_restart else args.redis_restart_at,
@@ -131,7 +245,22 @@ def main(argv: list[str] | None = None) -> int:
         flaky=args.flaky,
         settle=args.settle,
         seed=args.seed,
+        pause_every=None if args.no_pauses else args.pause_every,
+        past_ttl=args.past_ttl,
+        long_share=args.long_share,
+        skew=None if args.no_skew else args.skew,
+        partial=not args.no_partial,
+        code_gap_at=None if args.no_code_gap or args.no_partial else args.code_gap_at,
+        code_gap=args.code_gap,
+        memory_full_at=None if args.no_memory_full else args.memory_full_at,
+        memory_full=args.memory_full,
+        hang_every=None if args.no_hangs else args.hang_every,
+        hang_for=args.hang_for,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="rstick-chaos-"))
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -140,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.monotonic() - t0:6.1f}s] {message}", file=sys.stderr, flush=True)
 
     try:
-        outcome = Storm(config, folder, say).run()
+        outcome = Storm(config(args), folder, say).run()
         figures = counts(outcome)
         problems = [str(p) for p in verify(outcome)]
         if figures["runs hit by a false death"]:

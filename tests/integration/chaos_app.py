@@ -2,17 +2,20 @@
 
     rstick worker tests.integration.chaos_app:app --worker-id w1 ...
 
-Every step appends one line ``start <run> <step> <worker> <attempt> <pid>`` to
-``<dir>/<worker>.steps`` before it works, and ``done ...`` after, so a test can
-see every execution, including the ones whose result was never accepted. The
-file survives the worker's SIGKILL and a Redis restart (it is not in Redis).
+Every step appends one line ``start <run> <step> <worker> <attempt> <pid> <mono>``
+to ``<dir>/<worker>.steps`` before it works, and ``done ...`` after, so a test can
+see every execution, including the ones whose result was never accepted. ``mono``
+is ``time.monotonic()``: one clock for every process of the machine, which a
+worker run under ``faketime`` shares too. The file survives the worker's SIGKILL
+and a Redis restart (it is not in Redis).
 
 What a step does comes from the run's input (all keys optional):
 
 - ``dir``: where the step logs and its gates live (no ``dir``: no log, no gates);
 - ``hold``: ``["b:1", ...]``: step ``b`` at attempt 1 writes ``<dir>/<run>.b.1.held``
   and waits (at most ``HOLD_LIMIT`` seconds) until ``<dir>/<run>.b.release`` exists;
-- ``sleep``: seconds each step sleeps (a float), or ``{"step:attempt": seconds}``;
+- ``sleep``: seconds each step sleeps (a float), or ``{"step:attempt": seconds}``
+  (a sync step of ``Hang`` told to sleep past its timeout hangs: see ``Hang``);
 - ``flaky``: ``["b:1", ...]``: those attempts raise, to exercise retries;
 - ``block``: ``{"b:1": seconds}``: that attempt of an async step blocks the event
   loop that long (a blocking wait, as a careless ``time.sleep`` would).
@@ -54,7 +57,8 @@ def _log(ctx: Context, event: str) -> None:
     if not folder:
         return
     wid = ctx.worker.id()
-    line = f"{event} {ctx.run_id} {ctx.step} {wid} {ctx.attempt} {os.getpid()}\n"
+    mono = f"{time.monotonic():.3f}"
+    line = f"{event} {ctx.run_id} {ctx.step} {wid} {ctx.attempt} {os.getpid()} {mono}\n"
     # One O_APPEND write per line: lines from threads and from earlier lives of
     # the same worker id never interleave.
     fd = os.open(Path(folder) / f"{wid}.steps", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -188,3 +192,30 @@ async def deaf(ctx: Context, seconds: float = 60.0, **_: Any) -> None:
         except asyncio.CancelledError:
             continue
     _log(ctx, "done")
+
+
+# Hung steps: HANG_ROOTS parallel sync roots, each with a timeout, then one join.
+# A root whose ``sleep`` for its attempt is far past HANG_TIMEOUT hangs: the worker
+# abandons its thread (StepTimeout, a retry) and must keep its slots meanwhile.
+# The run is SOFT, so all its roots hang on one worker at once: with as many roots
+# as that worker has slots, a retry can start beside the hung threads only if they
+# took none of its capacity.
+HANG_ROOTS = ("h1", "h2", "h3", "h4")
+HANG_TIMEOUT = 0.3
+HANG_RETRIES = 1
+
+
+def _hang_root(name: str) -> Any:
+    def root(self: object, ctx: Context) -> dict[str, Any]:
+        return work(ctx)
+
+    return app.step(timeout=HANG_TIMEOUT, retries=HANG_RETRIES, backoff=0.05, name=name)(root)
+
+
+def _hang_end(self: object, ctx: Context) -> dict[str, Any]:
+    return work(ctx)
+
+
+_hang_steps = {name: _hang_root(name) for name in HANG_ROOTS}
+_hang_steps["end"] = app.step(parents=list(HANG_ROOTS), name="end")(_hang_end)
+Hang: type = app.workflow(sticky=StickyStrategy.SOFT, name="Hang")(type("Hang", (), _hang_steps))

@@ -1,6 +1,7 @@
 """Real processes for the crash and chaos tests: a redis-server that can be
 restarted, ``rstick worker`` subprocesses that can be killed, paused and
-restarted under the same id, and the step log of ``chaos_app``.
+restarted under the same id (some with their wall clock skewed by Debian's
+``faketime``, some serving another app), and the step log of ``chaos_app``.
 
 Redis itself comes from ``rstick.server``. Every wait here is a bounded poll
 (``wait_until``); every process started is stopped by its owner's ``close()``.
@@ -8,7 +9,9 @@ Redis itself comes from ``rstick.server``. Every wait here is a bounded poll
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +32,9 @@ from . import chaos_app
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.integration.chaos_app:app"
 LAUNCH = "from rstick_cli.main import cli; cli(prog_name='rstick')"  # `rstick`, on this Python
+SKEWED_LAUNCH = "tests.integration.skewed_worker"  # `rstick` under faketime: see that module
 POLL = 0.05
+LOG_TIME = "%Y-%m-%d %H:%M:%S.%f"  # the worker's log lines begin with it (23 characters)
 T = TypeVar("T")
 
 
@@ -71,30 +76,57 @@ def outage(server: RedisServer, down: float) -> None:
 
 @dataclass
 class Life:
-    """One process of a worker id: from its spawn to its death."""
+    """One process of a worker id: from its spawn to its death.
+
+    ``proc`` is the process the test started; ``pid`` the worker's own, which
+    differs under ``faketime`` (it forks the worker and waits for it). ``skew`` is
+    how far the worker's wall clock is off (its log's times are corrected by it).
+    """
 
     worker_id: str
     n: int
     proc: subprocess.Popen[bytes]
     log: Path
     spawned_at: float
+    app: str = APP
+    skew: float = 0.0
+    worker_pid: int | None = None
     killed_at: float | None = None
+    exited: int | None = None  # its exit code, when it ended by itself
     signals: list[str] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.worker_pid or self.proc.pid
 
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def times(self, needle: str) -> list[float]:
+        """When (by the test's clock) the log lines containing ``needle`` were written."""
+        found = (self.line_time(line) for line in self.text().splitlines() if needle in line)
+        return [at for at in found if at is not None]
+
+    def line_time(self, line: str) -> float | None:
+        """When (by the test's clock) one line of its log was written; None for a line
+        without a time (a traceback's)."""
+        try:
+            return datetime.strptime(line[:23], LOG_TIME).timestamp() - self.skew
+        except ValueError:
+            return None
+
     @property
     def ready_at(self) -> float | None:
         """When it logged "started": after registering and taking back its runs."""
-        for line in self.text().splitlines():
-            if f"worker {self.worker_id} started:" in line:
-                return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f").timestamp()
-        return None
+        started = self.times(f"worker {self.worker_id} started:")
+        return started[0] if started else None
+
+    @property
+    def stopping_at(self) -> float | None:
+        """When it began to stop by itself (hung steps, a signal): from then on it
+        hands its runs over, as the reaper would."""
+        stopping = self.times("stopping: finishing")
+        return stopping[0] if stopping else None
 
 
 class Workers:
@@ -135,10 +167,13 @@ class Workers:
         concurrency: int | None = None,
         app: str = APP,
         env: Mapping[str, str] | None = None,
+        skew: float | None = None,
         **opts: Any,
     ) -> Life:
         """``rstick worker APP`` under ``worker_id``; ``opts`` are its flags
-        (``worker_ttl=60`` is ``--worker-ttl 60``), ``env`` adds to its environment."""
+        (``worker_ttl=60`` is ``--worker-ttl 60``), ``env`` adds to its environment;
+        with ``skew`` (seconds, say -11), under ``faketime``, its wall clock that far
+        off (the monotonic clock left alone)."""
         if worker_id in self.current:
             raise RuntimeError(f"worker {worker_id} is already running")
         settings = {
@@ -147,10 +182,16 @@ class Workers:
             "drain-timeout": self.drain_timeout,
             **{k.replace("_", "-"): v for k, v in opts.items()},
         }
+        launch = [sys.executable, "-c", LAUNCH]
+        environ = None if env is None else {**os.environ, **env}
+        if skew:
+            faketime = shutil.which("faketime")
+            if faketime is None:
+                raise RuntimeError("faketime is not installed (Debian: apt-get install faketime)")
+            launch = [faketime, "-f", f"{skew:+g}s", sys.executable, "-m", SKEWED_LAUNCH]
+            environ = {**(environ or os.environ), "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
         cmd = [
-            sys.executable,
-            "-c",
-            LAUNCH,
+            *launch,
             "worker",
             app,
             "--worker-id", worker_id,
@@ -166,13 +207,15 @@ class Workers:
             proc = subprocess.Popen(
                 cmd,
                 cwd=ROOT,
+                env=environ,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=None if env is None else {**os.environ, **env},
                 preexec_fn=die_with_this_process(),  # none outlives the test run
             )
-        life = Life(worker_id, n, proc, log_path, time.time())
+        life = Life(worker_id, n, proc, log_path, time.time(), app=app, skew=skew or 0.0)
+        if skew:
+            life.worker_pid = wait_until(lambda: _child(proc), 10, "faketime to start the worker")
         self.lives.append(life)
         self.current[worker_id] = life
         return life
@@ -192,7 +235,9 @@ class Workers:
 
     def signal(self, worker_id: str, sig: signal.Signals) -> Life:
         life = self.current[worker_id]
-        life.proc.send_signal(sig)
+        if life.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):  # under faketime: the worker is gone
+                os.kill(life.pid, sig)
         life.signals.append(sig.name)
         return life
 
@@ -212,6 +257,33 @@ class Workers:
         del self.current[worker_id]
         return code
 
+    def forget(self, worker_id: str) -> Life:
+        """A worker whose process the caller saw end: it runs no more."""
+        life = self.current.pop(worker_id)
+        life.killed_at = life.killed_at or time.time()
+        return life
+
+    def pause(self, worker_id: str) -> Life:
+        """SIGSTOP: every thread of the worker stops, its heartbeat too."""
+        return self.signal(worker_id, signal.SIGSTOP)
+
+    def resume(self, worker_id: str) -> Life:
+        return self.signal(worker_id, signal.SIGCONT)
+
+    def exited(self) -> list[Life]:
+        """The workers that ended by themselves since the last call (none should,
+        but one with too many hung steps stops so that its supervisor starts it again);
+        they are running no more."""
+        gone = []
+        for wid, life in list(self.current.items()):
+            code = life.proc.poll()
+            if code is not None:
+                life.exited = code
+                life.killed_at = time.time()
+                del self.current[wid]
+                gone.append(life)
+        return gone
+
     def running(self) -> list[str]:
         return sorted(self.current)
 
@@ -226,18 +298,32 @@ class Workers:
         for wid in list(self.current):
             life = self.current[wid]
             if life.proc.poll() is None:
-                life.proc.send_signal(signal.SIGCONT)
-                life.proc.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(life.pid, signal.SIGCONT)
+                    os.kill(life.pid, signal.SIGTERM if graceful else signal.SIGKILL)
         deadline = time.monotonic() + timeout
         for wid in list(self.current):
             life = self.current.pop(wid)
             try:
                 codes[wid] = life.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(life.pid, signal.SIGKILL)
                 life.proc.kill()
                 codes[wid] = life.proc.wait(5)
             life.killed_at = life.killed_at or time.time()
         return codes
+
+
+def _child(proc: subprocess.Popen[bytes]) -> int | None:
+    """The pid of the one child of ``proc`` (the worker ``faketime`` forked), once it exists."""
+    if proc.poll() is not None:
+        raise RuntimeError(f"faketime exited with {proc.returncode} before starting the worker")
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    except FileNotFoundError:
+        return None
+    return int(children[0]) if children else None
 
 
 # -- the step log ----------------------------------------------------------------
@@ -253,14 +339,15 @@ class StepLine:
     worker: str
     attempt: int
     pid: int
+    at: float  # time.monotonic() of the worker: one clock for the whole machine
 
 
 def step_lines(folder: Path) -> list[StepLine]:
     out = []
     for path in sorted(folder.glob("*.steps")):
         for line in path.read_text().splitlines():
-            event, run_id, step, worker, attempt, pid = line.split()
-            out.append(StepLine(event, run_id, step, worker, int(attempt), int(pid)))
+            event, run_id, step, worker, attempt, pid, at = line.split()
+            out.append(StepLine(event, run_id, step, worker, int(attempt), int(pid), float(at)))
     return out
 
 
