@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+import msgpack
 import pytest
 from clock import FakeClock
 from drive import stop_beating
@@ -13,6 +14,7 @@ from redis.exceptions import OutOfMemoryError
 
 from rstick import Context, Rstick, RunFailed, StickyStrategy, Worker
 from rstick.keys import GROUP
+from rstick.protocol import Claim, Outcome
 from rstick.reaper import Reaper, ReapReport
 
 T = TypeVar("T")
@@ -147,6 +149,39 @@ def test_hard_run_is_parked_and_resumed_by_its_worker(app: Rstick) -> None:
     result = ref.result(timeout=1)
     assert result["a"]["worker"] == result["b"]["worker"] == "w1"
     assert app.get_run(ref.run_id).step("a").attempts == 2
+
+
+def test_a_parked_run_is_unparked_by_its_workers_completion(app: Rstick) -> None:
+    """A HARD run parked while its worker was only paused: that worker's completion
+    of the step it was running proves it back, and the run goes on with it."""
+    define(app, StickyStrategy.HARD)
+    ref = app.enqueue("Flow")
+
+    async def scenario() -> None:
+        w1 = Worker(app, worker_id="w1")
+        await w1.start()
+        replies, _, _ = await w1.scripts.take(
+            keys=[w1.keys.workflows],
+            args=[w1.keys.prefix, "w1", w1.instance, " Flow job ", 1, "", 10,
+                  *[x for s in w1.streams for x in (s, "")]],
+        )  # fmt: skip
+        claim = Claim.from_reply(replies[0])
+        await kill(w1)
+        report = await Reaper(app, "x").reap(lead=False)
+        assert report.runs["parked"] == [ref.run_id]
+        done = Outcome("ok", claim.stream, claim.entry_id, ref.run_id, "a", claim.attempt,
+                       claim.epoch, msgpack.packb(1), 0, ("b",))  # fmt: skip
+        replies = await w1.scripts.complete(
+            keys=[w1.keys.workflows], args=[w1.keys.prefix, "w1", 100, 1, *done.to_args()]
+        )
+        assert replies == [b"ok"]
+
+    run(scenario())
+    r = app.get_run(ref.run_id)
+    assert r.parked_until is None
+    assert (r.worker, r.step("a").status, r.step("b").status) == ("w1", "succeeded", "queued")
+    unparked = [e for e in app.client.history(ref.run_id) if e["ev"] == "unparked"]
+    assert unparked == [{**unparked[0], "w": "w1", "reason": "its worker completed a step"}]
 
 
 def test_hard_run_fails_with_scheduling_timeout_past_its_deadline(app: Rstick) -> None:

@@ -81,7 +81,21 @@ for _ = 1, n do
     if st == 'running' then
       redis.call('HSET', rk, step .. '.st', 'abandoned', step .. '.t1', now, step .. '.c', attempt)
     end
+  else
+    res = nil  -- accepted: see below
+  end
+  local at_parked = at_finish + 4  -- FINISH_FIELDS[5]
+  if res == nil and h[at_parked] then
+    -- A HARD run parked while its worker was thought dead, and this completion from
+    -- that very worker proves it back: the run is its again (its rejoin may follow).
+    history(p, run, 'ev', 'unparked', 'w', me, 'reason', 'its worker completed a step')
+    redis.call('HDEL', rk, 'parked')
+    h[at_parked] = false
+  end
+  if res ~= nil then
+    -- refused, ignored or applied before: nothing more to do
   elseif outcome == 'ok' then
+    res = 'ok'
     local left = tonumber(h[12]) - 1
     local set = {step .. '.st', 'succeeded', step .. '.t1', now, step .. '.c', attempt,
       step .. '.o', payload, 'left', left}
@@ -109,6 +123,7 @@ for _ = 1, n do
       history(p, run, 'ev', 'succeeded', 's', step, 'w', me, 'a', attempt)
     end
   elseif outcome == 'retry' then
+    res = 'ok'
     local next_attempt = tostring(tonumber(attempt) + 1)
     local due = now + tonumber(delay)
     redis.call('HSET', rk, step .. '.st', 'retrying', step .. '.t1', now, step .. '.e', payload,
@@ -116,6 +131,7 @@ for _ = 1, n do
     redis.call('ZADD', p .. ':delayed', due, run .. '|' .. step .. '|' .. next_attempt .. '|' .. epoch)
     history(p, run, 'ev', 'retry', 's', step, 'w', me, 'a', attempt, 'due', due)
   else
+    res = 'ok'
     if outcome == 'dead' then  -- its stored input is unreadable: a retry cannot help
       dead_letter(p, dead_max, 'reason', 'corrupt payload', 'stream', stream, 'id', id,
         'worker', me, 'r', run, 's', step, 'a', attempt, 'e', epoch)

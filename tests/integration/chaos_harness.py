@@ -215,7 +215,12 @@ class Workers:
             )
         life = Life(worker_id, n, proc, log_path, time.time(), app=app, skew=skew or 0.0)
         if skew:
-            life.worker_pid = wait_until(lambda: _child(proc), 10, "faketime to start the worker")
+            try:
+                life.worker_pid = wait_until(
+                    lambda: _child(proc), 10, "faketime to start the worker"
+                )
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}:\n{life.text()[-3000:]}") from None
         self.lives.append(life)
         self.current[worker_id] = life
         return life
