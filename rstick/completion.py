@@ -12,12 +12,18 @@ import asyncio
 import logging
 from typing import Any
 
+from .backoff import Backoff
 from .keys import Keys
+from .outage import is_outage
+from .plural import plural
 from .protocol import Outcome, text
+from .steps import Job, StepResult
 
 log = logging.getLogger("rstick.worker")
 
 MAX_COMPLETE_BATCH = 500  # outcomes per complete script call
+STOP_TRIES = 10  # tries of the last flush at stop, through an outage
+STOP_BACKOFF_CAP = 1.0  # seconds, at most, between two of them
 
 
 class Completer:
@@ -28,8 +34,28 @@ class Completer:
         self.worker_id = worker_id
         self.dead_maxlen = dead_maxlen
         self.outcomes: list[Outcome] = []
+        self.recorded = 0  # outcomes recorded since the worker started
         self._flushing: list[Outcome] = []  # the batch the complete script is applying
         self.lock = asyncio.Lock()  # held while a batch is in flight
+
+    def record(self, job: Job, result: StepResult) -> None:
+        """Queue a step's outcome for the next batch."""
+        kind, payload, delay_ms = result
+        self.outcomes.append(
+            Outcome(
+                kind,
+                job.stream,
+                job.entry_id,
+                job.run_id,
+                job.step.name,
+                job.attempt,
+                job.epoch,
+                payload,
+                delay_ms,
+                job.step.children,
+            )
+        )
+        self.recorded += 1
 
     def entries(self) -> set[str]:
         """The entries whose outcome is waiting or being delivered."""
@@ -56,6 +82,21 @@ class Completer:
                     self._flushing = []
                 for outcome, reply in zip(batch, replies, strict=True):
                     _log(outcome, text(reply))
+
+    async def flush_at_stop(self, where: str) -> None:
+        """The last flush, as the worker stops: an outage is retried for a few
+        seconds; an outcome that cannot be delivered leaves its entry pending, to be
+        re-run. ``where``: the Redis URL for the log."""
+        backoff = Backoff("final flush", where, cap=STOP_BACKOFF_CAP)
+        for _ in range(STOP_TRIES):
+            try:
+                await self.flush()
+                return
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                await backoff.wait(exc)
+        raise ConnectionError(f"{plural(len(self.outcomes), 'outcome')} not delivered")
 
 
 def _log(outcome: Outcome, result: str) -> None:

@@ -24,6 +24,7 @@ from .reaper import Reaper, ReapReport
 log = logging.getLogger("rstick.worker")
 
 TAKE_TIMEOUT = 30.0  # seconds: no reply by then (past a block) means a dead connection
+DUE_BATCH = 100  # delayed (and waiting) entries moved per call of due.lua
 RECOVER_BATCH = 1000  # pending entries looked at per stream by recover_stranded
 
 Reply = tuple[list[Any], list[Any], bool]  # take.lua's: claim replies, marks, live
@@ -39,18 +40,19 @@ class Fetcher:
         keys: Keys,
         worker_id: str,
         instance: str,
-        streams: list[str],
+        queues: list[str],
         serves: str,
         dead_maxlen: int,
     ) -> None:
         """``client``: the app's Client (its asyncio redis client may be made anew);
-        ``streams``: the personal stream first, then the shared queues; ``serves``:
+        ``queues``: the shared queues it reads, after its personal stream; ``serves``:
         the workflows the worker has the code of, " name name ... "."""
         self.client = client
         self.keys = keys
         self.worker_id = worker_id
         self.instance = instance
-        self.streams = streams
+        self.queues = queues
+        self.streams = [keys.personal(worker_id), *(keys.queue(q) for q in queues)]
         self.serves = serves
         self.dead_maxlen = dead_maxlen
         # The marks of the last take that left slots free (see take.lua), while they
@@ -153,6 +155,24 @@ class Fetcher:
             if isinstance(result, Exception):
                 raise result
         return reply[0], reply[1], bool(reply[2])
+
+    async def move_due(self, *, adopt: bool) -> int:
+        """Due delayed entries to their streams, and (``adopt``: not while the worker
+        drains) entries waiting for a worker with code this one has, to its own
+        stream (due.lua); returns how many moved."""
+        moved, adopted = await self.client.ascripts.due(
+            keys=[self.keys.workflows],
+            args=[
+                self.keys.prefix,
+                DUE_BATCH,
+                self.worker_id,
+                self.serves if adopt else "",
+                " " + " ".join(self.queues) + " ",
+            ],
+        )
+        if adopted:
+            log.info("took over %s waiting for this worker's code", plural(adopted, "step"))
+        return int(moved) + int(adopted)
 
     def blocking_connection(self) -> BlockingConnection | None:
         """The connection of this worker's reads (``blocking.py``), made for the client

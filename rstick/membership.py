@@ -1,9 +1,12 @@
 """A worker's place in Redis: its id, held by this process; its record, workflows and
-stream groups; and what its heartbeat sends (beat.lua).
+stream groups; what its heartbeat sends (beat.lua) and what the worker makes of the
+replies.
 
 ``join`` is done at start and again to rejoin (after the reaper declared the worker
 dead, or Redis lost its record); the heartbeat thread (``heartbeat.py``) sends
-``beat_args`` every ``heartbeat`` seconds.
+``beat_args`` every ``heartbeat`` seconds, and ``on_beat`` reads its result on the
+event loop: ``live`` is set while the worker may claim, ``rejoin`` says why it must
+rejoin first.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -52,6 +55,8 @@ class Membership:
         self.concurrency = concurrency
         self._running = running
         self.beat_ms = 0  # Redis time of the last good beat (or of the join)
+        self.live = asyncio.Event()  # the heartbeat holds: the worker may claim
+        self.rejoin: str | None = None  # why the worker must rejoin before it claims
 
     @property
     def ttl_ms(self) -> int:
@@ -145,3 +150,56 @@ class Membership:
         if result == "ok":
             self.beat_ms = int(reply[1])
         return result
+
+    def on_beat(self, result: BeatResult) -> bool:
+        """What a heartbeat learned (on the event loop); True: another process took
+        this worker id, and this one must stop without handing anything off."""
+        if result == "ok":
+            self.live.set()
+        elif isinstance(result, tuple):
+            _, pid, host = result
+            log.error(
+                "worker id %s was taken over by pid %s on %s (this process was paused or "
+                "cut off from Redis for longer than its ttl): stopping without handing off",
+                self.worker_id,
+                pid,
+                host,
+            )
+            self.live.clear()
+            return True
+        elif self.rejoin is None and result in ("reaped", "unknown"):
+            self.live.clear()
+            self.rejoin = result
+            self._say_why_it_rejoins(result)
+        return False
+
+    def _say_why_it_rejoins(self, reason: str) -> None:
+        if reason == "reaped":
+            log.warning(
+                "worker %s was declared dead: no heartbeat reached Redis for longer than "
+                "its ttl (%.0fs), so its in-flight steps were re-run elsewhere or will be; "
+                "rejoining",
+                self.worker_id,
+                self.app.worker_ttl,
+            )
+        else:
+            log.warning(
+                "worker %s: its record is gone from Redis (a restart without persistence, "
+                "a FLUSHDB or a failover lost its data); registering again",
+                self.worker_id,
+            )
+
+    async def rejoin_now(self, take_back: Callable[[], Awaitable[str]]) -> None:
+        """Rejoin after the reaper declared this worker dead (a pause, a partition
+        longer than its ttl) or Redis lost its record: register again, then
+        ``take_back`` (the worker's: the HARD runs parked for it, the entries it holds
+        but does not run; it returns what it took, for the log). The steps it runs are
+        left alone: their results are judged when they come. Redis unavailable
+        half-way: the fetch loop calls this again, and it all happens again (each
+        part may run twice)."""
+        await self.join()
+        took = await take_back()
+        self.rejoin = None
+        if took:
+            log.info("worker %s rejoined: %s", self.worker_id, took)
+        self.live.set()

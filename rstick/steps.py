@@ -13,7 +13,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,13 +57,15 @@ class Job:
 
 
 class StepRunner:
-    """The steps a worker runs now, and those that ran past their timeout and go on."""
+    """The steps a worker runs now, its free slots, and the steps that ran past their
+    timeout and go on."""
 
     def __init__(
         self,
         app: Rstick,
         worker: Worker,
         *,
+        concurrency: int,
         threads: StepThreads,
         max_hung: int,
         record: Callable[[Job, StepResult], None],
@@ -74,6 +76,9 @@ class StepRunner:
         ``freed`` is called when a slot frees, ``too_many_hung`` past ``max_hung``."""
         self.app = app
         self.worker = worker
+        self.concurrency = concurrency
+        self.lent = 0  # slots lent by steps that wait on a child
+        self.loop: asyncio.AbstractEventLoop | None = None  # the worker's, once it started
         self.threads = threads
         self.max_hung = max_hung
         self._record = record
@@ -84,6 +89,37 @@ class StepRunner:
         # Steps abandoned by their timeout and still running (a thread cannot be
         # killed; a coroutine may ignore its cancel).
         self.hung: set[str] = set()
+
+    @property
+    def free(self) -> int:
+        return self.concurrency + self.lent - len(self.running)
+
+    @contextlib.contextmanager
+    def lend_slot(self) -> Iterator[None]:
+        """While a step waits on a child, its slot serves others: no deadlock. Called
+        from the loop (``async def`` steps) or from a step's thread."""
+        self._adjust_lent(1)
+        try:
+            yield
+        finally:
+            self._adjust_lent(-1)
+
+    def _adjust_lent(self, delta: int) -> None:
+        def apply() -> None:
+            self.lent += delta
+            self._freed()
+
+        loop = self.loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            apply()
+        else:
+            loop.call_soon_threadsafe(apply)
 
     def start(self, claim: Claim) -> None:
         """Start the step a claim hands us; log the entries it did not."""

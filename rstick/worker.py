@@ -26,7 +26,6 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -35,6 +34,7 @@ from .app import Rstick
 from .backoff import Backoff
 from .completion import Completer
 from .credentials import hide_password, login_failure
+from .drain import cancel, stop_loops
 from .errors import LoginFailed
 from .fetch import Fetcher
 from .heartbeat import BeatResult, Heartbeat
@@ -43,7 +43,7 @@ from .names import check_name
 from .outage import AUTH_ERRORS, describe_outage, is_outage
 from .plural import plural
 from .preflight import check_server_once
-from .protocol import Claim, Outcome
+from .protocol import Claim
 from .reaper import Reaper
 from .scripts import Scripts
 from .steps import Job, StepResult, StepRunner
@@ -52,8 +52,6 @@ from .threads import StepThreads
 log = logging.getLogger("rstick.worker")
 
 TICK = 0.1  # seconds between moves of due delayed entries
-STOP_GRACE = 5.0  # seconds the loops have to end once cancelled, at stop
-DUE_BATCH = 100  # delayed (and waiting) entries moved per tick
 
 
 def default_worker_id() -> str:
@@ -92,24 +90,19 @@ class Worker:
         self.block_ms = int(block * 1000)
         self._wake = asyncio.Event()  # a slot freed, a beat came, or a stop: look again
         self.allow_eviction = allow_eviction  # start on an allkeys-* Redis (preflight.py)
-        self.personal = self.keys.personal(self._id)
-        self.streams = [self.personal, *(self.keys.queue(q) for q in self.queues)]
-        self._serves = " " + " ".join(app.workflows) + " "
         self.threads = StepThreads(f"rstick-{self._id}")
+        serves = " " + " ".join(app.workflows) + " "
         self.fetcher = Fetcher(
-            app.client,
-            self.keys,
-            self._id,
-            self.instance,
-            self.streams,
-            self._serves,
-            app.dead_maxlen,
+            app.client, self.keys, self._id, self.instance, self.queues, serves, app.dead_maxlen
         )
+        self.streams = self.fetcher.streams  # its personal stream first, then the queues
+        self.personal = self.streams[0]
         # Steps abandoned by their timeout and still running (a thread cannot be
         # killed; a coroutine may ignore its cancel): past max_hung, the worker stops.
         self.steps = StepRunner(
             app,
             self,
+            concurrency=concurrency,
             threads=self.threads,
             max_hung=concurrency if max_hung is None else max_hung,
             record=self._record,
@@ -131,10 +124,6 @@ class Worker:
         self.exit_code = 0
         self._hand_off = True
         self._fatal: BaseException | None = None  # why the worker stopped itself, raised by main
-        self.steps_done = 0
-        self._lent = 0
-        self.live = asyncio.Event()  # the heartbeat holds: the worker may claim
-        self._rejoin: str | None = None  # why the worker must rejoin before it claims
         self._outcome_ready = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -166,16 +155,12 @@ class Worker:
         return self.steps.hung
 
     @property
-    def max_hung(self) -> int:
-        return self.steps.max_hung
-
-    @max_hung.setter
-    def max_hung(self, value: int) -> None:
-        self.steps.max_hung = value
-
-    @property
     def free(self) -> int:
-        return self.concurrency + self._lent - len(self.running)
+        return self.steps.free
+
+    def lend_slot(self) -> contextlib.AbstractContextManager[None]:
+        """While a step waits on a child, its slot serves others (``steps.py``)."""
+        return self.steps.lend_slot()
 
     @property
     def where(self) -> str:
@@ -187,7 +172,7 @@ class Worker:
     async def start(self) -> None:
         """Take this worker's id, register its workflows, then take back what an earlier
         process with the same id left: its parked HARD runs, its pending entries."""
-        self._loop = asyncio.get_running_loop()
+        self._loop = self.steps.loop = asyncio.get_running_loop()
         await check_server_once(self, self.redis, allow_eviction=self.allow_eviction)
         joined_ms = await self.join()
         if self.heartbeat is not None and not self._beating:
@@ -249,7 +234,7 @@ class Worker:
                 if task.done() and not task.cancelled() and task.exception():
                     self._fatal = self._fatal or task.exception()
                     self.request_stop(1, hand_off=False)
-            await _cancel(stop)
+            await cancel(stop)
             await self._drain(loops)
             if self._fatal is not None:
                 raise self._fatal
@@ -309,31 +294,19 @@ class Worker:
         return self.exit_code
 
     async def _drain(self, loops: list[asyncio.Task[None]]) -> None:
-        """Let running steps finish, stop the loops, deliver the last outcomes, hand off.
-
-        The loops are stopped before the final flush, so that no batch is in flight
-        (or put back by a cancelled flush) after it."""
-        fetch, complete, tick = loops
-        await asyncio.wait([fetch], timeout=self.block_ms / 1000 + 1)
-        running = [t for key, t in self.running.items() if key not in self.hung]
-        if running:
-            _, late = await asyncio.wait(running, timeout=self.drain_timeout)
-            if late:
-                log.warning(
-                    "%s did not finish in %.0fs; they will be re-run",
-                    plural(len(late), "step"),
-                    self.drain_timeout,
-                )
-                await _cancel(*late)
-        await _cancel(fetch, tick)
-        async with self.completer.lock:  # no batch in flight: the complete loop is idle
-            await _cancel(complete)
-        if not self._hand_off:
-            self.threads.shutdown()
-            return
+        """Let running steps finish and stop the loops (``drain.py``), then deliver the
+        last outcomes and hand off."""
+        await stop_loops(
+            loops,
+            self.steps,
+            self.completer,
+            read_grace=self.block_ms / 1000 + 1,
+            drain_timeout=self.drain_timeout,
+        )
         try:
-            await self._final_flush()
-            await self.hand_off()
+            if self._hand_off:
+                await self.completer.flush_at_stop(self.where)
+                await self.hand_off()
         except Exception as exc:
             if not is_outage(exc):
                 raise
@@ -344,20 +317,6 @@ class Worker:
             )
         finally:
             self.threads.shutdown()
-
-    async def _final_flush(self) -> None:
-        """Deliver what is left, retrying an outage for a few seconds; an outcome that
-        cannot be delivered leaves its entry pending, to be re-run."""
-        backoff = Backoff("final flush", self.where, cap=1.0)
-        for _ in range(10):
-            try:
-                await self.flush()
-                return
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
-                await backoff.wait(exc)
-        raise ConnectionError(f"{plural(len(self.outcomes), 'outcome')} not delivered")
 
     async def hand_off(self) -> None:
         """Leave as the reaper would find us dead: SOFT runs go back to the shared
@@ -390,24 +349,9 @@ class Worker:
         self._on_beat(await self.membership.beat(grace))
 
     def _on_beat(self, result: BeatResult) -> None:
-        """What a heartbeat learned, on the event loop."""
-        if result == "ok":
-            self.live.set()
-        elif isinstance(result, tuple):
-            _, pid, host = result
-            log.error(
-                "worker id %s was taken over by pid %s on %s (this process was paused or "
-                "cut off from Redis for longer than its ttl): stopping without handing off",
-                self._id,
-                pid,
-                host,
-            )
-            self.live.clear()
+        """What a heartbeat learned, on the event loop (``membership.py``)."""
+        if self.membership.on_beat(result):
             self.request_stop(1, hand_off=False)
-        elif self._rejoin is None and result in ("reaped", "unknown"):
-            self.live.clear()
-            self._rejoin = result
-            self._say_why_it_rejoins(result)
         self._wake.set()
 
     def _on_fatal(self, exc: BaseException) -> None:
@@ -415,36 +359,25 @@ class Worker:
         self._fatal = LoginFailed(login_failure(str(self.app.redis_url), exc) or str(exc))
         self.request_stop(1, hand_off=False)
 
-    def _say_why_it_rejoins(self, reason: str) -> None:
-        if reason == "reaped":
-            log.warning(
-                "worker %s was declared dead: no heartbeat reached Redis for longer than "
-                "its ttl (%.0fs), so its in-flight steps were re-run elsewhere or will be; "
-                "rejoining",
-                self._id,
-                self.app.worker_ttl,
-            )
-        else:
-            log.warning(
-                "worker %s: its record is gone from Redis (a restart without persistence, "
-                "a FLUSHDB or a failover lost its data); registering again",
-                self._id,
-            )
+    async def rejoin(self) -> None:
+        """Register again and take back what is ours (``Membership.rejoin_now``)."""
 
-    async def _rejoin_now(self) -> None:
-        """Rejoin after the reaper declared this worker dead (a pause, a partition
-        longer than its ttl) or Redis lost its record: register again, take back the
-        HARD runs parked for it, and recover the entries it holds but does not run.
-        The steps it runs are left alone: their results are judged when they come.
-        Redis unavailable half-way: the fetch loop calls this again, and it all
-        happens again (each part may run twice)."""
-        await self.join()
-        report = await self.reaper.resume(self._id)
-        await self.recover_stranded()
-        self._rejoin = None
-        if report:
-            log.info("worker %s rejoined: %s", self._id, report.summary())
-        self.live.set()
+        async def take_back() -> str:
+            report = await self.reaper.resume(self._id)
+            await self.recover_stranded()
+            return report.summary() if report else ""
+
+        await self.membership.rejoin_now(take_back)
+
+    @property
+    def live(self) -> asyncio.Event:
+        """Set while the heartbeat holds: the worker may claim."""
+        return self.membership.live
+
+    @property
+    def rejoin_reason(self) -> str | None:
+        """Why the worker must rejoin before it claims again ("reaped", "unknown")."""
+        return self.membership.rejoin
 
     # -- the loops ---------------------------------------------------------
 
@@ -455,13 +388,13 @@ class Worker:
         # every worker_ttl (redis-py retries some errors without telling us).
         recover_at = time.monotonic() + self.app.worker_ttl
         while not self.stopping:
-            if self._rejoin is None and (not self.live.is_set() or self.free <= 0):
+            if self.membership.rejoin is None and (not self.live.is_set() or self.free <= 0):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             try:
-                if self._rejoin is not None:
-                    await self._rejoin_now()
+                if self.membership.rejoin is not None:
+                    await self.rejoin()
                     recover_at = time.monotonic() + self.app.worker_ttl
                     continue
                 if self.fetcher.reconnected() or time.monotonic() >= recover_at:
@@ -546,16 +479,9 @@ class Worker:
     # -- the phases --------------------------------------------------------
 
     async def move_due(self) -> int:
-        """Due delayed entries to their streams, waiting entries this worker can run to
-        its own; returns how many moved."""
-        serves = "" if self.stopping else self._serves  # a draining worker adopts nothing
-        moved, adopted = await self.scripts.due(
-            keys=[self.keys.workflows],
-            args=[self.keys.prefix, DUE_BATCH, self._id, serves, " " + " ".join(self.queues) + " "],
-        )
-        if adopted:
-            log.info("took over %s waiting for this worker's code", plural(adopted, "step"))
-        return int(moved) + int(adopted)
+        """Due delayed entries to their streams, and entries waiting for code this
+        worker has to it (``fetch.py``); returns how many moved."""
+        return await self.fetcher.move_due(adopt=not self.stopping)
 
     async def fetch(self, block_ms: int | None) -> int:
         """Take up to ``free`` entries (``fetch.py``) and start their steps; returns
@@ -581,85 +507,20 @@ class Worker:
                 log.exception("could not start %s/%s", claim.run_id, claim.step)
 
     def _record(self, job: Job, result: StepResult) -> None:
-        """Queue a step's outcome for the complete loop's next batch."""
-        kind, payload, delay_ms = result
-        self.outcomes.append(
-            Outcome(
-                kind,
-                job.stream,
-                job.entry_id,
-                job.run_id,
-                job.step.name,
-                job.attempt,
-                job.epoch,
-                payload,
-                delay_ms,
-                job.step.children,
-            )
-        )
-        self.steps_done += 1
+        self.completer.record(job, result)
         self._outcome_ready.set()
+
+    @property
+    def steps_done(self) -> int:
+        """Steps whose outcome this worker recorded."""
+        return self.completer.recorded
 
     async def flush(self) -> None:
         """Deliver every waiting outcome now (``completion.py``)."""
         await self.completer.flush()
-
-    @property
-    def outcomes(self) -> list[Outcome]:
-        """Outcomes waiting to be delivered."""
-        return self.completer.outcomes
-
-    @outcomes.setter
-    def outcomes(self, value: list[Outcome]) -> None:
-        self.completer.outcomes = value
 
     async def recover_stranded(self) -> int:
         """Dispatch again the entries pending on this worker that it is not running
         (``fetch.py``). Only the fetch loop calls this, so no read is under way."""
         known = set(self.running) | self.completer.entries()
         return await self.fetcher.recover_stranded(known, self.reaper)
-
-    # -- children ------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def lend_slot(self) -> Iterator[None]:
-        """While a step waits on a child, its slot serves others: no deadlock."""
-        self._adjust_lent(1)
-        try:
-            yield
-        finally:
-            self._adjust_lent(-1)
-
-    def _adjust_lent(self, delta: int) -> None:
-        def apply() -> None:
-            self._lent += delta
-            self._wake.set()
-
-        loop = self._loop
-        if loop is None:
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            apply()
-        else:
-            loop.call_soon_threadsafe(apply)
-
-
-async def _cancel(*tasks: asyncio.Task[Any]) -> None:
-    """Cancel tasks and wait, up to STOP_GRACE, until they are done. Cancel again while
-    one is not: on Python 3.11 asyncio.wait_for (used by redis-py) can swallow a
-    cancellation (cpython gh-86296). A task that still runs then is abandoned."""
-    pending = {t for t in tasks if not t.done()}
-    deadline = time.monotonic() + STOP_GRACE
-    while pending and time.monotonic() < deadline:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.1)
-    for task in pending:
-        log.warning("task %s did not stop in %.0fs: abandoned", task.get_name(), STOP_GRACE)
-    for task in tasks:
-        if task.done() and not task.cancelled() and task.exception():
-            log.error("task %s failed: %r", task.get_name(), task.exception())

@@ -56,7 +56,7 @@ def test_sync_steps_past_their_timeout_keep_the_worker_at_full_capacity(app: Rst
 
     async def scenario() -> None:
         async with started(app, "w1", concurrency=2) as [w1]:
-            w1.max_hung = 10
+            w1.steps.max_hung = 10
             for _ in range(6):
                 await w1.run_once()
             assert len(w1.hung) == 6 and w1.free == 2 and not w1.stopping
@@ -90,7 +90,7 @@ def test_past_max_hung_the_worker_stops_so_that_its_supervisor_restarts_it(
 
     async def scenario() -> None:
         async with started(app, "w1", concurrency=4) as [w1]:
-            w1.max_hung = 2
+            w1.steps.max_hung = 2
             await w1.run_once()
             assert len(w1.hung) == 3
             assert w1.stopping and w1.exit_code == 1

@@ -121,7 +121,7 @@ def test_grace_does_not_revive_a_worker_already_declared_dead(
             await w1.beat(grace=True)
             assert app.client.redis.zscore(app.keys.workers, "w2") < clock.ms()
             await w2.beat()
-            assert w2._rejoin == "reaped"
+            assert w2.rejoin_reason == "reaped"
 
     run(scenario())
 
@@ -146,8 +146,8 @@ def test_a_rejoining_worker_never_loses_a_step_it_claimed_after_waking(
             later = [app.enqueue("held") for _ in range(5)]
             assert await w1.fetch(None) == 0 and not w1.live.is_set()
             await w1.beat()
-            assert w1._rejoin == "reaped"
-            await w1._rejoin_now()
+            assert w1.rejoin_reason == "reaped"
+            await w1.rejoin()
             assert w1.live.is_set()
             # Now it claims, among others, attempt 2 of the first run.
             assert await w1.fetch(None) == 6
@@ -178,8 +178,8 @@ def test_a_worker_whose_record_redis_lost_registers_again(app: Rstick) -> None:
         async with started(app, "w1") as [w1]:
             app.client.redis.flushall()  # a restart without persistence
             await w1.beat()
-            assert w1._rejoin == "unknown"
-            await w1._rejoin_now()
+            assert w1.rejoin_reason == "unknown"
+            await w1.rejoin()
             ref = app.enqueue("quick")  # the registry is back: other clients may enqueue
             assert await drain(w1) == 1
             assert ref.result(timeout=1) == "w1"
@@ -313,7 +313,7 @@ def test_a_hard_step_a_paused_worker_runs_is_not_lost_and_completes_on_rejoin(
             report = await Reaper(app, "w2").reap(lead=False)
             assert report.runs["parked"] == [ref.run_id] and report.redispatched == 0
             await w1.beat()
-            await w1._rejoin_now()  # back: unparked, its step still its own
+            await w1.rejoin()  # back: unparked, its step still its own
             gate.set()
             await asyncio.wait(list(w1.running.values()))
             await w1.flush()

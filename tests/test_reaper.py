@@ -307,7 +307,7 @@ def test_zombie_completion_is_refused_after_reassignment(app: Rstick) -> None:
         await w1.flush()  # the zombie's late completion
         assert app.get_run(ref.run_id).step("a").status == "queued"
         await w1.beat()  # it learns it was declared dead, and must rejoin before claiming
-        assert w1._rejoin == "reaped" and not w1.live.is_set()
+        assert w1.rejoin_reason == "reaped" and not w1.live.is_set()
         await drain(w2)
 
     run(scenario())
@@ -345,7 +345,7 @@ def test_a_rejoin_cut_short_by_an_outage_is_done_again_whole(
         await kill(w1)  # a pause past its ttl
         assert (await Reaper(app, "w2").reap()).runs["parked"] == [ref.run_id]
         await w1.beat()  # it wakes and learns it was declared dead
-        assert w1._rejoin == "reaped"
+        assert w1.rejoin_reason == "reaped"
 
         resume = w1.reaper.resume
         calls = 0
@@ -359,10 +359,10 @@ def test_a_rejoin_cut_short_by_an_outage_is_done_again_whole(
 
         monkeypatch.setattr(w1.reaper, "resume", resume_after_an_outage)
         with pytest.raises(OutOfMemoryError):
-            await w1._rejoin_now()
-        assert w1._rejoin == "reaped"  # the fetch loop rejoins again before it claims
-        await w1._rejoin_now()
-        assert w1._rejoin is None and w1.live.is_set()
+            await w1.rejoin()
+        assert w1.rejoin_reason == "reaped"  # the fetch loop rejoins again before it claims
+        await w1.rejoin()
+        assert w1.rejoin_reason is None and w1.live.is_set()
         assert app.get_run(ref.run_id).parked_until is None
         await drain(w1, w2)
 

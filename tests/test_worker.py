@@ -577,14 +577,14 @@ def test_a_completion_resent_after_a_lost_reply_is_applied_once(app: Rstick) -> 
         async with started(app, "w1") as [w1]:
             await w1.fetch(None)
             await asyncio.wait(list(w1.running.values()))
-            [sent] = w1.outcomes
+            [sent] = w1.completer.outcomes
             await w1.flush()
-            w1.outcomes = [sent]  # the reply was lost: the worker sends it again
+            w1.completer.outcomes = [sent]  # the reply was lost: the worker sends it again
             args = [app.keys.prefix, "w1", app.dead_maxlen, 1, *sent.to_args()]
             assert await w1.scripts.complete(keys=[app.keys.workflows], args=args) == [
                 b"applied before"
             ]
-            w1.outcomes = []
+            w1.completer.outcomes = []
             await drain(w1)
 
     run(scenario())
