@@ -23,7 +23,7 @@ from redis.exceptions import ResponseError
 
 from .app import Rstick
 from .errors import WorkerIdInUse
-from .heartbeat import BeatResult, result_of
+from .heartbeat import BeatResult, Heartbeat, result_of
 from .keys import GROUP
 from .protocol import text
 
@@ -43,9 +43,14 @@ class Membership:
         streams: list[str],
         concurrency: int,
         running: Callable[[], int],
+        taken: Callable[[], None] = lambda: None,
+        fatal: Callable[[BaseException], None] = lambda _: None,
+        beat_came: Callable[[], None] = lambda: None,
     ) -> None:
         """``instance``: this process's token for the id; ``running``: how many
-        steps the worker runs now (its record shows it)."""
+        steps the worker runs now (its record shows it). The heartbeat calls
+        ``taken`` when another process took the id, ``fatal`` when Redis refuses the
+        login, ``beat_came`` after every beat it made sense of."""
         self.app = app
         self.keys = app.keys
         self.worker_id = worker_id
@@ -54,6 +59,11 @@ class Membership:
         self.streams = streams
         self.concurrency = concurrency
         self._running = running
+        self._taken = taken
+        self._fatal = fatal
+        self._beat_came = beat_came
+        self.heartbeat: Heartbeat | None = None
+        self._beat_client: Any = None
         self.beat_ms = 0  # Redis time of the last good beat (or of the join)
         self.live = asyncio.Event()  # the heartbeat holds: the worker may claim
         self.rejoin: str | None = None  # why the worker must rejoin before it claims
@@ -151,9 +161,44 @@ class Membership:
             self.beat_ms = int(reply[1])
         return result
 
-    def on_beat(self, result: BeatResult) -> bool:
-        """What a heartbeat learned (on the event loop); True: another process took
-        this worker id, and this one must stop without handing anything off."""
+    def make_heartbeat(self, loop: asyncio.AbstractEventLoop, where: str) -> Heartbeat:
+        """The heartbeat thread (``heartbeat.py``), not yet started, on a connection
+        of its own whose commands give up within a heartbeat: a stuck connection is
+        no beat."""
+        self._beat_client, scripts = self.app.client.dedicated(self.app.heartbeat)
+
+        def beat(grace_since: str) -> Any:
+            return scripts.beat(keys=[self.keys.workflows], args=self.beat_args(grace_since))
+
+        self.heartbeat = Heartbeat(
+            beat=beat,
+            interval=self.app.heartbeat,
+            loop=loop,
+            on_beat=self.on_beat,
+            on_fatal=self._fatal,
+            where=where,
+            name=f"rstick-{self.worker_id}-heartbeat",
+        )
+        return self.heartbeat
+
+    def stop_heartbeat(self) -> None:
+        """Stop beating (waiting up to a heartbeat for a beat in flight) and close the
+        heartbeat's connection."""
+        if self.heartbeat is not None:
+            self.heartbeat.stop(timeout=self.app.heartbeat)
+        if self._beat_client is not None and self._beat_client is not self.app.client.redis:
+            self._beat_client.close()
+        self._beat_client = None
+
+    def on_beat(self, result: BeatResult) -> None:
+        """What a heartbeat learned, on the event loop."""
+        if self._learn(result):
+            self._taken()
+        self._beat_came()
+
+    def _learn(self, result: BeatResult) -> bool:
+        """True: another process took this worker id, and this one must stop without
+        handing anything off."""
         if result == "ok":
             self.live.set()
         elif isinstance(result, tuple):

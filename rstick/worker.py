@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import time
 import uuid
@@ -37,12 +36,13 @@ from .credentials import hide_password, login_failure
 from .drain import cancel, stop_loops
 from .errors import LoginFailed
 from .fetch import Fetcher
-from .heartbeat import BeatResult, Heartbeat
+from .heartbeat import Heartbeat
 from .membership import Membership
 from .names import check_name
 from .outage import AUTH_ERRORS, describe_outage, is_outage
 from .plural import plural
 from .preflight import check_server_once
+from .process import serve
 from .protocol import Claim
 from .reaper import Reaper
 from .scripts import Scripts
@@ -119,6 +119,9 @@ class Worker:
             streams=self.streams,
             concurrency=concurrency,
             running=lambda: len(self.running),
+            taken=lambda: self.request_stop(1, hand_off=False),
+            fatal=self._on_fatal,
+            beat_came=self._wake.set,
         )
         self.stopping = False
         self.exit_code = 0
@@ -127,7 +130,6 @@ class Worker:
         self._outcome_ready = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.heartbeat: Heartbeat | None = None
         self._beating = False  # the heartbeat thread runs
         self._draining: asyncio.Task[None] | None = None
         self._started_at = time.monotonic()
@@ -196,17 +198,7 @@ class Worker:
         """Start (waiting for Redis if it is down), serve until a stop is
         requested, drain, hand off."""
         backoff = Backoff("start", self.where)
-        # Its commands give up within a heartbeat: a stuck connection is no beat.
-        beat_client, self._beat_scripts = self.app.client.dedicated(self.app.heartbeat)
-        self.heartbeat = Heartbeat(
-            beat=self._beat_call,
-            interval=self.app.heartbeat,
-            loop=asyncio.get_running_loop(),
-            on_beat=self._on_beat,
-            on_fatal=self._on_fatal,
-            where=self.where,
-            name=f"rstick-{self._id}-heartbeat",
-        )
+        heartbeat = self.membership.make_heartbeat(asyncio.get_running_loop(), self.where)
         outage = False
         while not self.stopping:
             try:
@@ -220,7 +212,7 @@ class Worker:
         else:
             return
         if outage:  # every deadline may have gone by meanwhile: its first beat gives grace
-            self.heartbeat.outage()
+            heartbeat.outage()
         loops = [
             asyncio.create_task(self._fetch_loop(), name="fetch"),
             asyncio.create_task(self._complete_loop(), name="complete"),
@@ -239,9 +231,7 @@ class Worker:
             if self._fatal is not None:
                 raise self._fatal
         finally:
-            self.heartbeat.stop(timeout=self.app.heartbeat)
-            if beat_client is not self.app.client.redis:
-                beat_client.close()
+            self.membership.stop_heartbeat()
 
     def request_stop(self, exit_code: int = 0, *, hand_off: bool = True) -> None:
         """Stop taking new work and drain. ``hand_off=False``: leave without handing
@@ -265,33 +255,11 @@ class Worker:
         with contextlib.suppress(Exception):  # best effort: an outage must not stop the stop
             await self.redis.hset(self.keys.worker(self._id), "draining", "1")
 
-    def _on_signal(self) -> None:
-        """SIGINT or SIGTERM: drain; a second one exits at once."""
-        if self.stopping:
-            log.warning("second stop signal: exiting now")
-            os._exit(1)
-        self.request_stop()
-
     def run(self) -> int:
-        """Run until SIGINT or SIGTERM; returns the exit code after a clean drain
-        (0, or 1 when the worker stopped itself: hung steps, its id taken over)."""
-
-        async def serve() -> None:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, self._on_signal)
-            await self.main()
-
-        # Not asyncio.run: at its end it waits for every task, and a step that ignores
-        # its cancellation would keep the process from ever exiting.
-        loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(serve())
-        finally:
-            for task in asyncio.all_tasks(loop):
-                task._log_destroy_pending = False  # type: ignore[attr-defined]  # abandoned on purpose
-            loop.close()
-        return self.exit_code
+        """Run until SIGINT or SIGTERM (a second one exits at once: ``process.py``);
+        returns the exit code after a clean drain (0, or 1 when the worker stopped
+        itself: hung steps, its id taken over)."""
+        return serve(self)
 
     async def _drain(self, loops: list[asyncio.Task[None]]) -> None:
         """Let running steps finish and stop the loops (``drain.py``), then deliver the
@@ -322,8 +290,7 @@ class Worker:
         """Leave as the reaper would find us dead: SOFT runs go back to the shared
         queue now, HARD runs stay parked for our return, and the worker's record
         goes once nothing of it is left."""
-        if self.heartbeat is not None:  # a beat landing now would undo the hand-off
-            self.heartbeat.stop(timeout=self.app.heartbeat)
+        self.membership.stop_heartbeat()  # a beat landing now would undo the hand-off
         pipe = self.redis.pipeline(transaction=True)
         pipe.zadd(self.keys.workers, {self._id: 0})
         pipe.hset(self.keys.worker(self._id), "deadline", 0)
@@ -338,21 +305,15 @@ class Worker:
 
     # -- the heartbeat -------------------------------------------------------
 
-    def _beat_call(self, grace_since: str) -> Any:
-        """beat.lua once, on the heartbeat thread's own connection."""
-        args = self.membership.beat_args(grace_since)
-        return self._beat_scripts.beat(keys=[self.keys.workflows], args=args)
+    @property
+    def heartbeat(self) -> Heartbeat | None:
+        """The heartbeat thread (``membership.py``), once ``main`` made it."""
+        return self.membership.heartbeat
 
     async def beat(self, grace: bool = False) -> None:
         """One heartbeat from the event loop (the thread does this in a running worker);
         ``grace``: as the first beat after an outage."""
-        self._on_beat(await self.membership.beat(grace))
-
-    def _on_beat(self, result: BeatResult) -> None:
-        """What a heartbeat learned, on the event loop (``membership.py``)."""
-        if self.membership.on_beat(result):
-            self.request_stop(1, hand_off=False)
-        self._wake.set()
+        self.membership.on_beat(await self.membership.beat(grace))
 
     def _on_fatal(self, exc: BaseException) -> None:
         """Redis refused our login: retrying cannot help, the worker stops."""
