@@ -79,7 +79,8 @@ class Membership:
         right after a crash must get its id back); if it still beats then,
         WorkerIdInUse. (A holder that beats no more is waited for while its deadline
         holds, up to a few ttls: grace after an outage may have pushed it.)"""
-        scripts, redis = self.app.client.ascripts, self.app.client.aredis
+        await self.register()
+        scripts = self.app.client.ascripts
         window = self.app.worker_ttl + self.app.heartbeat
         give_up, cap = time.monotonic() + window, time.monotonic() + JOIN_WAIT_CAP * window
         first_beat = None
@@ -105,14 +106,19 @@ class Membership:
                 )
                 waited = True
             await asyncio.sleep(min(int(left_ms) / 1000 + 0.05, self.app.heartbeat / 2))
+        return self.beat_ms
+
+    async def register(self) -> None:
+        """Its workflows (for clients that lack their code, and for events) and its
+        stream groups: done before join.lua makes the worker visible, so that whoever
+        sees it can enqueue its workflows at once."""
         await self.create_groups()
-        pipe = redis.pipeline(transaction=False)
+        pipe = self.app.client.aredis.pipeline(transaction=False)
         for wf in self.app.workflows.values():
             pipe.hset(self.keys.workflows, wf.name, wf.to_json())
             for event in wf.on_events:
                 pipe.sadd(self.keys.event(event), wf.name)
         await pipe.execute()
-        return self.beat_ms
 
     def _join_args(self) -> list[Any]:
         record = {

@@ -12,6 +12,7 @@ from drive import drain, run, sibling, started
 
 from rstick import Context, Rstick, StickyStrategy, Worker
 from rstick.errors import WorkerIdInUse
+from rstick.membership import Membership
 from rstick.reaper import Reaper
 
 
@@ -358,3 +359,26 @@ def test_the_reaper_never_lists_itself_and_pages_through_the_dead(
             assert sorted(set(seen)) == [f"d{n:03}" for n in range(250)]
 
     run(scenario())
+
+
+def test_a_worker_is_visible_only_once_its_workflows_are_registered(
+    app: Rstick, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever sees the worker in ``rstick workers`` can enqueue its workflows."""
+
+    @app.task
+    def job(ctx: Context) -> None:
+        pass
+
+    seen: list[Any] = []
+
+    join_args = Membership._join_args
+
+    def checked(self: Membership) -> list[Any]:  # made right before each join.lua
+        seen.append(app.client.redis.hget(app.keys.workflows, "job"))
+        return join_args(self)
+
+    monkeypatch.setattr(Membership, "_join_args", checked)
+    run(Worker(app, worker_id="w1").join())
+    assert seen and all(raw is not None for raw in seen)
+    assert [w.worker_id for w in app.list_workers()] == ["w1"]
