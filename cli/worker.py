@@ -10,7 +10,7 @@ import traceback
 
 import click
 
-from rstick import LoginFailed, Rstick, Worker, WorkerIdInUse
+from rstick import LoginFailed, Rstick, Worker, WorkerIdInUse, defaults
 from rstick.limits import seconds
 from rstick.preflight import UnsafeRedis
 
@@ -77,7 +77,7 @@ def setup_logging(worker_id: str, verbose: bool) -> None:
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),
-    default=10,
+    default=defaults.CONCURRENCY,
     show_default=True,
     help="Steps run at once.",
 )
@@ -92,7 +92,7 @@ def setup_logging(worker_id: str, verbose: bool) -> None:
 @click.option(
     "--drain-timeout",
     type=click.FloatRange(min=0),
-    default=30.0,
+    default=defaults.DRAIN_TIMEOUT,
     show_default=True,
     metavar="S",
     help="On SIGINT/SIGTERM, wait this long for running steps.",

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from .app import Rstick
 
 
+# Threads keep at most 1/KEPT_SHARE of the sync pool's connections for themselves
+# (connections.py): the rest serve every other thread.
+KEPT_SHARE = 2
 POLL = 5.0  # seconds between a waiter's own status checks: a safety net under the notices
 
 
@@ -423,7 +426,8 @@ class Client(Admin, Events):
                 kept = self._kept
                 if kept is None or kept.pool is not pool or kept.pid != os.getpid():
                     # A fork or a new pool: the old one's connections are left untouched.
-                    kept = ThreadConnections(pool, limit=self.app.pool_size // 2)
+                    limit = self.app.pool_size // KEPT_SHARE
+                    kept = ThreadConnections(pool, limit=limit)
                     self._kept = kept
         return kept
 

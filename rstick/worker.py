@@ -29,6 +29,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from . import defaults
 from .app import Rstick
 from .backoff import Backoff
 from .completion import Completer
@@ -66,10 +67,10 @@ class Worker:
         app: Rstick,
         *,
         worker_id: str | None = None,
-        concurrency: int = 10,
+        concurrency: int = defaults.CONCURRENCY,
         queues: list[str] | None = None,
-        drain_timeout: float = 30.0,
-        block: float = 1.0,
+        drain_timeout: float = defaults.DRAIN_TIMEOUT,
+        block: float = defaults.BLOCK,
         max_hung: int | None = None,
         allow_eviction: bool = False,
     ) -> None:
