@@ -6,7 +6,8 @@ import asyncio
 
 import click
 
-from rstick.reaper import Reaper, ReapReport
+from rstick.reap_report import ReapReport
+from rstick.reaper import Reaper
 
 from .render import dumps
 from .settings import connection_options, current_app

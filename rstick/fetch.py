@@ -19,7 +19,8 @@ from .blocking import BlockingConnection
 from .keys import GROUP, Keys
 from .plural import plural
 from .protocol import Claim, text
-from .reaper import Reaper, ReapReport
+from .reap_report import ReapReport
+from .reaper import Reaper
 
 log = logging.getLogger("rstick.worker")
 

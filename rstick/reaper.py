@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from redis.exceptions import ResponseError
@@ -25,7 +23,8 @@ from redis.exceptions import ResponseError
 from .codec import pack
 from .definitions import WorkflowDef
 from .keys import GROUP
-from .plural import plural
+from .orphans import ORPHAN_SWEEP_SECONDS, OrphanSweep
+from .reap_report import ReapReport
 
 if TYPE_CHECKING:
     from .app import Rstick
@@ -36,50 +35,10 @@ Mode = Literal["dead", "restart", "recover"]
 BATCH = 100
 MAX_ROUNDS = 1000  # bounded loops: 100,000 entries per stream per pass
 DEAD_PER_PASS = 100  # dead workers settled per pass; the next pass takes the rest
-# Orphans: runs that nothing can move on (see orphan.lua). A sweep reads every
-# stream, so it is rare and bounded; a run is failed only when two sweeps this far
-# apart both found it so, with no history between them.
-ORPHAN_SWEEP_SECONDS = 300.0
-ORPHAN_SCAN_LIMIT = 200_000  # entries read per sweep; past it the sweep is skipped
 # How long a forgotten worker's record stays, marked reaped: a process that wakes
 # from a pause shorter than this learns it was declared dead (not that Redis lost
 # its data) and rejoins.
 TOMBSTONE_SECONDS = 7 * 86400
-
-
-@dataclass
-class ReapReport:
-    """What one pass did."""
-
-    dead_workers: list[str] = field(default_factory=list)
-    runs: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    redispatched: int = 0
-    deleted: int = 0
-    removed_workers: list[str] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.dead_workers or self.runs or self.redispatched or self.deleted)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "dead_workers": self.dead_workers,
-            "runs": dict(self.runs),
-            "redispatched_entries": self.redispatched,
-            "deleted_entries": self.deleted,
-            "removed_workers": self.removed_workers,
-        }
-
-    def summary(self) -> str:
-        if not self:
-            return "nothing to reap"
-        parts = [plural(len(self.dead_workers), "dead worker")]
-        parts += [
-            f"{plural(len(ids), 'run')} {action}" for action, ids in sorted(self.runs.items())
-        ]
-        parts.append(f"{plural(self.redispatched, 'entry', 'entries')} dispatched again")
-        parts.append(f"{plural(self.deleted, 'stale entry', 'stale entries')} deleted")
-        parts.append(f"{plural(len(self.removed_workers), 'worker')} removed")
-        return ", ".join(parts)
 
 
 class Reaper:
@@ -94,15 +53,7 @@ class Reaper:
                 "message": f"the step lost its worker {app.max_deliveries} times",
             }
         )
-        self._orphan = pack(
-            {
-                "type": "Orphaned",
-                "tb": "",
-                "message": "no entry of the run was left in any stream and nothing else "
-                "could move it on (its entries were deleted by hand, or lost with Redis's data)",
-            }
-        )
-        self._suspects: dict[str, bytes] = {}  # run id -> its last history id, last sweep
+        self.orphans = OrphanSweep(app)
         self._dead_offset = 0  # where the next page of dead workers starts (lead.lua)
         self._next_sweep = time.monotonic() + ORPHAN_SWEEP_SECONDS
         self._timeout = pack(
@@ -152,7 +103,7 @@ class Reaper:
         await self.trim_runs()
         if lead and time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + ORPHAN_SWEEP_SECONDS
-            await self.sweep_orphans(report)
+            await self.orphans.sweep(report)
         if report:
             log.info("reaped: %s", report.summary())
         return report
@@ -313,89 +264,6 @@ class Reaper:
             cutoff = now_ms - int(retention * 1000)
             pipe.zremrangebyscore(self.keys.runs(name.decode()), "-inf", cutoff)
         await pipe.execute()
-
-    async def sweep_orphans(self, report: ReapReport) -> None:
-        """Fail the runs that nothing can move on any more: active, older than a sweep,
-        with no entry in any stream, no pin, not parked, not waiting, no retry due.
-        Found so in two sweeps with no history between, each is re-checked and failed
-        by orphan.lua (as ``Orphaned``). Skipped, with a log line, past
-        ORPHAN_SCAN_LIMIT entries."""
-        referenced = await self._referenced_runs()
-        if referenced is None:
-            log.warning("orphan sweep skipped: more than %d entries to read", ORPHAN_SCAN_LIMIT)
-            return
-        seconds, _ = await self.redis.time()
-        cutoff = (int(seconds) - ORPHAN_SWEEP_SECONDS) * 1000
-        candidates: list[str] = []
-        for name in await self.redis.hkeys(self.keys.workflows):
-            ids = await self.redis.zrangebyscore(
-                self.keys.runs(name.decode()), "-inf", cutoff, start=0, num=ORPHAN_SCAN_LIMIT
-            )
-            candidates += [i.decode() for i in ids if i.decode() not in referenced]
-        suspects: dict[str, bytes] = {}
-        for start in range(0, len(candidates), BATCH):
-            chunk = candidates[start : start + BATCH]
-            pipe = self.redis.pipeline(transaction=False)
-            for run in chunk:
-                pipe.hmget(
-                    self.keys.run(run), "status", "sticky", "worker", "parked", "waiting", "follows"
-                )
-                pipe.xrevrange(self.keys.hist(run), count=1)
-            replies = await pipe.execute()
-            for n, run in enumerate(chunk):
-                status, sticky, worker, parked, waiting, follows = replies[2 * n]
-                last = replies[2 * n + 1]
-                pinned = sticky not in (None, b"none") and bool(worker)
-                active = status in (b"queued", b"running")
-                if active and last and not (pinned or parked or waiting or follows):
-                    suspects[run] = last[0][0]
-        for run, fingerprint in suspects.items():
-            if self._suspects.get(run) != fingerprint:
-                continue
-            args = [self.keys.prefix, run, fingerprint, self._orphan]
-            if await self.scripts.orphan(keys=[self.keys.workflows], args=args):
-                report.runs["failed as orphans"].append(run)
-                log.warning("run %s failed as an orphan: nothing could move it on", run)
-        failed = set(report.runs.get("failed as orphans", ()))
-        self._suspects = {r: f for r, f in suspects.items() if r not in failed}
-
-    async def _referenced_runs(self) -> set[str] | None:
-        """Every run with an entry in a stream (queues, personal, waiting for code) or a
-        delayed member; None past ORPHAN_SCAN_LIMIT entries."""
-        queues = {
-            WorkflowDef.from_json(raw).queue for raw in await self.redis.hvals(self.keys.workflows)
-        }
-        for worker in await self.redis.zrange(self.keys.workers, 0, -1):
-            raw = await self.redis.hget(self.keys.worker(worker.decode()), "queues")
-            queues |= set(raw.decode().split()) if raw else set()
-        workers = [w.decode() for w in await self.redis.zrange(self.keys.workers, 0, -1)]
-        waiting = [w.decode() for w in await self.redis.smembers(self.keys.waiting)]
-        streams = [self.keys.queue(q) for q in sorted(queues)]
-        streams += [self.keys.personal(w) for w in workers]
-        streams += [self.keys.wait(wf) for wf in waiting]
-        runs: set[str] = set()
-        budget = ORPHAN_SCAN_LIMIT
-        for stream in streams:
-            start = "-"
-            for _ in range(MAX_ROUNDS):
-                batch = await self.redis.xrange(stream, min=start, max="+", count=1000)
-                budget -= len(batch)
-                if budget < 0:
-                    return None
-                runs.update(f[b"r"].decode() for _, f in batch if b"r" in f)
-                if len(batch) < 1000:
-                    break
-                start = "(" + batch[-1][0].decode()
-        cursor = 0
-        for _ in range(MAX_ROUNDS):
-            cursor, members = await self.redis.zscan(self.keys.delayed, cursor, count=1000)
-            budget -= len(members)
-            if budget < 0:
-                return None
-            runs.update(m.decode().rsplit("|", 3)[0] for m, _ in members)
-            if cursor == 0:
-                break
-        return runs
 
     async def _members(self, key: str) -> list[str]:
         out: list[str] = []

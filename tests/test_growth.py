@@ -10,7 +10,9 @@ from clock import FakeClock
 from drive import drain, run, started
 
 from rstick import Context, Rstick, RunFailed, StickyStrategy
-from rstick.reaper import ORPHAN_SWEEP_SECONDS, Reaper, ReapReport
+from rstick.orphans import ORPHAN_SWEEP_SECONDS
+from rstick.reap_report import ReapReport
+from rstick.reaper import Reaper
 
 
 def define(app: Rstick) -> None:
@@ -30,7 +32,7 @@ def define(app: Rstick) -> None:
 
 async def sweep(app: Rstick, reaper: Reaper) -> ReapReport:
     report = ReapReport()
-    await reaper.sweep_orphans(report)
+    await reaper.orphans.sweep(report)
     return report
 
 

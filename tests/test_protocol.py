@@ -12,8 +12,10 @@ from clock import FakeClock
 from drive import drain, run, sibling, started, stop_beating
 
 from rstick import Context, Rstick, StickyStrategy
+from rstick.orphans import ORPHAN_SWEEP_SECONDS
 from rstick.protocol import CHILD_LINK, ENTRY_FIELDS, Claim, Outcome, RunField, StepField
-from rstick.reaper import ORPHAN_SWEEP_SECONDS, Reaper, ReapReport
+from rstick.reap_report import ReapReport
+from rstick.reaper import Reaper
 
 
 def define(app: Rstick) -> None:
@@ -114,7 +116,7 @@ def test_every_script_path_writes_only_what_the_schema_names(app: Rstick, clock:
             reaper = Reaper(app, "w2")
             for _ in range(2):
                 clock.advance(ORPHAN_SWEEP_SECONDS + 1)
-                await reaper.sweep_orphans(ReapReport())
+                await reaper.orphans.sweep(ReapReport())
 
     run(scenario())
     assert check_layout(app) >= 8

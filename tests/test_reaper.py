@@ -15,7 +15,8 @@ from redis.exceptions import OutOfMemoryError
 from rstick import Context, Rstick, RunFailed, StickyStrategy, Worker
 from rstick.keys import GROUP
 from rstick.protocol import Claim, Outcome
-from rstick.reaper import Reaper, ReapReport
+from rstick.reap_report import ReapReport
+from rstick.reaper import Reaper
 
 T = TypeVar("T")
 
