@@ -19,8 +19,9 @@ from redis.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import defaults
+from .async_notices import AsyncNotices
 from .errors import ClientClosed, PoolTimeout
-from .notices import AsyncNotices, subscription_kwargs
+from .notices import subscription_kwargs
 from .scripts import Scripts
 
 log = logging.getLogger("rstick.client")

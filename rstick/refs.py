@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
+from .async_notices import AsyncWaiter
 from .codec import unpack
 from .errors import ClientClosed, ResultTimeout, RunCancelled, RunFailed, RunNotFound, StepError
 from .keys import Keys
 from .limits import optional_seconds
-from .notices import AsyncWaiter
 from .protocol import StepField
 from .records import FINISHED, Run, RunStatus
 

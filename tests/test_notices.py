@@ -13,7 +13,8 @@ from drive import drain, run, run_until_idle, started
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from rstick import Context, ResultTimeout, Rstick
-from rstick.notices import AsyncNotices, Notices, Subscriptions, subscription_kwargs
+from rstick.async_notices import AsyncNotices
+from rstick.notices import Notices, Subscriptions, subscription_kwargs
 from rstick.refs import AsyncRunRef
 
 
