@@ -3,8 +3,8 @@
 A run that ends publishes its status on ``{ns}:done:<run>`` (``lib.lua``'s
 ``finish``). Rather than a connection per waiter, a client keeps one
 subscription for all its threads (``Notices``) and one per event loop
-(``AsyncNotices``, in ``async_notices.py``), subscribes a run's channel while someone waits on it, and
-wakes every waiter of that run when its notice arrives.
+(``AsyncNotices``, in ``async_notices.py``), subscribes a run's channel while
+someone waits on it, and wakes every waiter of that run when its notice arrives.
 
 A waiter is woken to check the run's status: when its channel's subscription is
 confirmed (so a status read after that cannot miss the notice), when the notice
