@@ -17,7 +17,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
@@ -26,6 +26,10 @@ from .errors import WorkerIdInUse
 from .heartbeat import BeatResult, Heartbeat, result_of
 from .keys import GROUP
 from .protocol import text
+from .reap_report import ReapReport
+
+if TYPE_CHECKING:
+    from .reaper import Reaper
 
 log = logging.getLogger("rstick.worker")
 
@@ -63,6 +67,7 @@ class Membership:
         self._fatal = fatal
         self._beat_came = beat_came
         self.heartbeat: Heartbeat | None = None
+        self._beating = False  # the heartbeat thread runs
         self._beat_client: Any = None
         self.beat_ms = 0  # Redis time of the last good beat (or of the join)
         self.live = asyncio.Event()  # the heartbeat holds: the worker may claim
@@ -71,6 +76,28 @@ class Membership:
     @property
     def ttl_ms(self) -> int:
         return int(self.app.worker_ttl * 1000)
+
+    async def enter(self, reaper: Reaper) -> ReapReport:
+        """Join, start beating, and take back what an earlier process with this id
+        left (its parked HARD runs, its pending entries): what it took back."""
+        joined_ms = await self.join()
+        if self.heartbeat is not None and not self._beating:
+            self.heartbeat.start(joined_ms)  # beating while it takes back what it held
+            self._beating = True
+        report = await reaper.reap_worker(self.worker_id, "restart")
+        self.live.set()
+        return report
+
+    async def leave(self, reaper: Reaper) -> ReapReport:
+        """Leave as the reaper would find us dead: SOFT runs go back to the shared
+        queue now, HARD runs stay parked for our return, and the worker's record
+        goes once nothing of it is left. Returns what was handed off."""
+        self.stop_heartbeat()  # a beat landing now would undo the hand-off
+        pipe = self.app.client.aredis.pipeline(transaction=True)
+        pipe.zadd(self.keys.workers, {self.worker_id: 0})
+        pipe.hset(self.keys.worker(self.worker_id), "deadline", 0)
+        await pipe.execute()
+        return await reaper.reap_worker(self.worker_id, "dead")
 
     async def join(self) -> int:
         """Write this worker's record and heartbeat (join.lua), its workflows and its

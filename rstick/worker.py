@@ -131,7 +131,6 @@ class Worker:
         self._outcome_ready = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._beating = False  # the heartbeat thread runs
         self._draining: asyncio.Task[None] | None = None
         self._started_at = time.monotonic()
         self.reaper = Reaper(app, self._id)
@@ -177,15 +176,10 @@ class Worker:
         process with the same id left: its parked HARD runs, its pending entries."""
         self._loop = self.steps.loop = asyncio.get_running_loop()
         await check_server_once(self, self.redis, allow_eviction=self.allow_eviction)
-        joined_ms = await self.join()
-        if self.heartbeat is not None and not self._beating:
-            self.heartbeat.start(joined_ms)  # beating while it takes back what it held
-            self._beating = True
-        report = await self.reaper.reap_worker(self._id, "restart")
+        report = await self.membership.enter(self.reaper)
         self._started_at = time.monotonic()
         if report:
             log.info("worker %s took back what it held before: %s", self._id, report.summary())
-        self.live.set()
         log.info(
             "worker %s started: queues %s, concurrency %d", self._id, self.queues, self.concurrency
         )
@@ -288,15 +282,8 @@ class Worker:
             self.threads.shutdown()
 
     async def hand_off(self) -> None:
-        """Leave as the reaper would find us dead: SOFT runs go back to the shared
-        queue now, HARD runs stay parked for our return, and the worker's record
-        goes once nothing of it is left."""
-        self.membership.stop_heartbeat()  # a beat landing now would undo the hand-off
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.zadd(self.keys.workers, {self._id: 0})
-        pipe.hset(self.keys.worker(self._id), "deadline", 0)
-        await pipe.execute()
-        report = await self.reaper.reap_worker(self._id, "dead")
+        """Leave as the reaper would find us dead (``Membership.leave``)."""
+        report = await self.membership.leave(self.reaper)
         log.info(
             "worker %s stopped after %s (%s)",
             self._id,
