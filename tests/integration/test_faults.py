@@ -272,6 +272,35 @@ def test_a_worker_paused_past_its_ttl_rejoins_and_loses_nothing_it_claims_after(
             assert runs[(ref.run_id, e["s"])] == 1, (ref.run_id, e)
 
 
+def test_hard_runs_of_a_worker_paused_past_its_ttl_park_and_finish_on_it(f: Faults) -> None:
+    f.start("w1", concurrency=20)  # alone: every run is pinned to it
+    refs = f.app.enqueue_many("HardLong", [{"dir": str(f.dir), "sleep": 1.0}] * 20)
+    wait_until(lambda: f.running_on("w1") >= 3, DEADLINE, "w1 to run 3 HARD steps")
+    f.start("w2", concurrency=20)
+    f.workers.signal("w1", signal.SIGSTOP)
+
+    def parked_on_w1() -> list[RunRef]:
+        return [r for r in refs if any(e["w"] == "w1" for e in events(f.history(r), "parked"))]
+
+    wait_until(lambda: len(parked_on_w1()) >= 3, DEADLINE, "w2 to park w1's HARD runs")
+    parked = parked_on_w1()
+    f.workers.signal("w1", signal.SIGCONT)
+    f.wait_finished(refs)
+
+    assert not failures(f, refs)
+    assert not accepted_more_than_once(f, refs)
+    by_run: dict[str, set[str]] = {}
+    for x in f.lines(refs):
+        by_run.setdefault(x.run_id, set()).add(x.worker)
+    for ref in parked:
+        assert by_run[ref.run_id] == {"w1"}, ref.run_id  # nothing of it ran elsewhere
+        history = [e["ev"] for e in f.history(ref)]
+        assert history.index("parked") < history.index("unparked"), (ref.run_id, history)
+        assert f.app.get_run(ref.run_id).parked_until is None
+    for ref in refs:
+        assert len(by_run[ref.run_id]) == 1, (ref.run_id, by_run[ref.run_id])
+
+
 def test_a_pause_shorter_than_the_ttl_moves_nothing(f: Faults) -> None:
     f.start("w1", "w2", concurrency=20)
     refs = f.mix(120, sleep=0.2)
