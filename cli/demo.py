@@ -21,7 +21,7 @@ import click
 
 from rstick.credentials import hide_password
 from rstick.defaults import REDIS_URL as DEFAULT_URL
-from rstick.server import RedisServer, RedisServerError, redis_available
+from rstick.embedded import RedisServer, RedisServerError, redis_available
 
 from .errors import Fail
 from .settings import Settings

@@ -31,7 +31,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from rstick import Rstick, RunRef, RunStatus
-from rstick.server import die_with_this_process
+from rstick.embedded import die_with_this_process
 
 from .workflow import expected_sha256
 

@@ -37,9 +37,9 @@ def _binary() -> str:
 
 @contextlib.contextmanager
 def own_redis() -> Iterator[str]:
-    """Yield the URL of a fresh Redis; use ``rstick.server`` when it exists."""
+    """Yield the URL of a fresh Redis; use ``rstick.embedded`` when it exists."""
     try:
-        from rstick.server import RedisServer  # type: ignore[import-not-found,unused-ignore]
+        from rstick.embedded import RedisServer  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         RedisServer = None
     if RedisServer is not None:

@@ -3,7 +3,7 @@ restarted, ``rstick worker`` subprocesses that can be killed, paused and
 restarted under the same id (some with their wall clock skewed by Debian's
 ``faketime``, some serving another app), and the step log of ``chaos_app``.
 
-Redis itself comes from ``rstick.server``. Every wait here is a bounded poll
+Redis itself comes from ``rstick.embedded``. Every wait here is a bounded poll
 (``wait_until``); every process started is stopped by its owner's ``close()``.
 """
 
@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import redis
 
 from rstick import Rstick
-from rstick.server import RedisServer, die_with_this_process
+from rstick.embedded import RedisServer, die_with_this_process
 
 from . import chaos_app
 
@@ -60,7 +60,7 @@ DURABLE = ("--appendonly", "yes", "--appendfsync", "always")
 
 
 def durable_redis() -> RedisServer:
-    """A started redis-server (``rstick.server``) that survives ``restart(crash=True)``."""
+    """A started redis-server (``rstick.embedded``) that survives ``restart(crash=True)``."""
     return RedisServer(DURABLE).start()
 
 

@@ -44,9 +44,9 @@ import redis
 
 from rstick import Run
 from rstick.codec import unpack
+from rstick.embedded import RedisServer
 from rstick.keys import GROUP
 from rstick.outage import is_outage
-from rstick.server import RedisServer
 
 from . import chaos_app, chaos_partial
 from .chaos_harness import (

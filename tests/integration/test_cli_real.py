@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import redis
 
+from rstick.embedded import RedisServer, free_port
 from rstick.keys import Keys
-from rstick.server import RedisServer, free_port
 from tests.integration import chaos_app
 from tests.integration.procs import ROOT, WorkerProcs, rstick_command, subprocess_env, wait_for
 

@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from examples.sticky_files.start import run_example
+from rstick.embedded import RedisServer, redis_available
 from rstick.keys import Keys
-from rstick.server import RedisServer, redis_available
 from tests.integration.clients import connections, named_url, peak_connections
 from tests.integration.procs import ROOT, WorkerProcs, rstick_command, subprocess_env
 

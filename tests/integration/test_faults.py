@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:  # the workers import tests.integration.chaos_app 
     sys.path.insert(0, str(ROOT))
 
 from rstick import Rstick, RunFailed, RunRef  # noqa: E402
-from rstick.server import RedisServer  # noqa: E402
+from rstick.embedded import RedisServer  # noqa: E402
 from tests.integration.chaos_app import BRIEF_TIMEOUT  # noqa: E402
 from tests.integration.chaos_harness import (  # noqa: E402
     StepLine,

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from rstick import Rstick, RunStatus, StepStatus
-from rstick.server import RedisServer, embedded_binary, find_binary
+from rstick.embedded import RedisServer, embedded_binary, find_binary
 from tests.integration.procs import WorkerProcs, rstick_cli, wait_for
 from tests.integration.workload import executions_key
 

