@@ -1,4 +1,4 @@
-"""One benchmark worker process: ``python -m tests.bench.workerproc ARGS_JSON``.
+"""One benchmark worker process: ``python -m bench.workerproc ARGS_JSON``.
 
 It imports everything, reports ready, waits for the bench's go (so that import
 time and start-up skew stay out of the figures), then runs ``Worker.run()``

@@ -1,4 +1,4 @@
-"""``python -m tests.bench.chaos [--runs N] [--seconds S] ...``: the chaos test, longer.
+"""``python -m bench.chaos [--runs N] [--seconds S] ...``: the chaos test, longer.
 
 Starts a durable redis-server (appendonly, fsync always), N ``rstick worker``
 processes of the chaos app and one of an older deploy without its sticky
@@ -65,7 +65,7 @@ def share(text: str) -> float:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     d = Config()
     p = argparse.ArgumentParser(
-        prog="python -m tests.bench.chaos",
+        prog="python -m bench.chaos",
         description=(__doc__ or "").split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

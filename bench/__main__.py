@@ -1,4 +1,4 @@
-"""``python -m tests.bench [WORKLOAD ...] [--quick] [--reps N] [--json] [--json-file PATH]``
+"""``python -m bench [WORKLOAD ...] [--quick] [--reps N] [--json] [--json-file PATH]``
 
 Workloads: enqueue, drain, sticky, latency, growth (per-step cost with few and
 many runs waiting), memory (a worker's RSS over many jobs), commands (Redis
@@ -23,7 +23,7 @@ from .workloads import QUICK, WORKLOADS, Bench, Sizes, say
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n")[2])
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[2])
     p.add_argument(
         "workloads",
         nargs="*",

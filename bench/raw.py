@@ -138,9 +138,7 @@ def latency(url: str, n: int) -> list[float]:
     """XADD to a consumer blocked in XREADGROUP in another process; seconds each."""
     r = redis.Redis.from_url(url)
     reset(r)
-    consumer = subprocess.Popen(
-        [sys.executable, "-m", "tests.bench.raw", url, str(n + 10)], cwd=ROOT
-    )
+    consumer = subprocess.Popen([sys.executable, "-m", "bench.raw", url, str(n + 10)], cwd=ROOT)
     try:
         out = []
         for i in range(n + 10):

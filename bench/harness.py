@@ -21,7 +21,7 @@ from rstick import Rstick, Run
 
 from .workerproc import GO, READY
 
-ROOT = Path(__file__).resolve().parents[2]  # the repo: tests/bench/harness.py
+ROOT = Path(__file__).resolve().parents[1]  # the repo: bench/harness.py
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -120,7 +120,7 @@ class WorkerProcs:
             }
             self.procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "tests.bench.workerproc", json.dumps(opts)], cwd=ROOT
+                    [sys.executable, "-m", "bench.workerproc", json.dumps(opts)], cwd=ROOT
                 )
             )
             self.ids.append(wid)
