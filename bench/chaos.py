@@ -5,8 +5,8 @@ processes of the chaos app and one of an older deploy without its sticky
 workflows, enqueues SOFT, HARD and non-sticky 3-step runs and now and then one
 whose sync steps hang, injects the faults below while they flow, then checks
 every promise of the README's failure model (see
-``tests/integration/chaos_checks.py``) and prints the counts. Exit status 1 if
-a promise was broken. Progress goes to stderr, the figures to stdout.
+``tests/integration/harness/chaos_checks.py``) and prints the counts. Exit
+status 1 if a promise was broken. Progress goes to stderr, the figures to stdout.
 
 Faults, each on by default (its switch to turn it off on the right):
 
@@ -38,8 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.integration.chaos_checks import counts, verify
-from tests.integration.chaos_storm import Config, Storm
+from tests.integration.harness.chaos_checks import counts, verify
+from tests.integration.harness.chaos_storm import Config, Storm
 
 
 def pair(text: str) -> tuple[float, float]:

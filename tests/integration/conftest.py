@@ -27,7 +27,7 @@ ROOT = HERE.parents[1]
 if str(ROOT) not in sys.path:  # the tests and the workers import the same module names
     sys.path.insert(0, str(ROOT))
 
-from tests.integration.procs import WorkerProcs  # noqa: E402
+from tests.integration.harness.procs import WorkerProcs  # noqa: E402
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import redis
 
 from rstick import Rstick, RunStatus, StepStatus
-from tests.integration.cancel_app import key
-from tests.integration.procs import WorkerProcs, rstick_cli, wait_for
+from tests.integration.harness.cancel_app import key
+from tests.integration.harness.procs import WorkerProcs, rstick_cli, wait_for
 
-APP = "tests.integration.cancel_app:app"
+APP = "tests.integration.harness.cancel_app:app"
 
 
 def outputs(app: Rstick, run_id: str) -> dict[bytes, bytes]:

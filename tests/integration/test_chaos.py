@@ -5,7 +5,7 @@ crash, Redis's memory full for longer than the ttl, sync steps hung past their
 timeout.
 
 The storm (``chaos_storm``) lasts about 30 s; the checks (``chaos_checks``) list
-every broken promise. ``python -m tests.bench.chaos`` runs it longer, with flags.
+every broken promise. ``python -m bench.chaos`` runs it longer, with flags.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the workers import tests.integration.chaos_app too
+if str(ROOT) not in sys.path:  # the workers import tests.integration.harness.chaos_app too
     sys.path.insert(0, str(ROOT))
 
-from tests.integration.chaos_checks import counts, falsely_dead, verify  # noqa: E402
-from tests.integration.chaos_storm import Config, Storm  # noqa: E402
+from tests.integration.harness.chaos_checks import counts, falsely_dead, verify  # noqa: E402
+from tests.integration.harness.chaos_storm import Config, Storm  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,16 @@ import redis
 
 from rstick.embedded import RedisServer, free_port
 from rstick.keys import Keys
-from tests.integration import chaos_app
-from tests.integration.procs import ROOT, WorkerProcs, rstick_command, subprocess_env, wait_for
+from tests.integration.harness import chaos_app
+from tests.integration.harness.procs import (
+    ROOT,
+    WorkerProcs,
+    rstick_command,
+    subprocess_env,
+    wait_for,
+)
 
-APP = "tests.integration.chaos_app:app"
+APP = "tests.integration.harness.chaos_app:app"
 
 
 def start_cli(url: str, namespace: str, *args: str) -> subprocess.Popen[str]:

@@ -21,10 +21,10 @@ import redis
 
 from rstick import Rstick
 from rstick.errors import ClientClosed, PoolTimeout, ResultTimeout
-from tests.integration.clients import connections, named_app, peak_connections, settled
-from tests.integration.procs import WorkerProcs, wait_for
+from tests.integration.harness.clients import connections, named_app, peak_connections, settled
+from tests.integration.harness.procs import WorkerProcs, wait_for
 
-APP = "tests.integration.client_app:app"
+APP = "tests.integration.harness.client_app:app"
 HANDFUL = 11  # the default pool_size (10) and one subscription
 
 

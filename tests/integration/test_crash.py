@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the workers import tests.integration.chaos_app too
+if str(ROOT) not in sys.path:  # the workers import tests.integration.harness.chaos_app too
     sys.path.insert(0, str(ROOT))
 
 from rstick import Rstick, RunFailed, RunRef  # noqa: E402
 from rstick.embedded import RedisServer  # noqa: E402
 from rstick.keys import GROUP  # noqa: E402
-from tests.integration.chaos_harness import (  # noqa: E402
+from tests.integration.harness.chaos_harness import (  # noqa: E402
     Workers,
     durable_redis,
     held,

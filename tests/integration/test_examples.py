@@ -15,8 +15,8 @@ import redis
 from examples.sticky_files.start import run_example
 from rstick.embedded import RedisServer, redis_available
 from rstick.keys import Keys
-from tests.integration.clients import connections, named_url, peak_connections
-from tests.integration.procs import ROOT, WorkerProcs, rstick_command, subprocess_env
+from tests.integration.harness.clients import connections, named_url, peak_connections
+from tests.integration.harness.procs import ROOT, WorkerProcs, rstick_command, subprocess_env
 
 # -- the sticky file-processing example ----------------------------------------
 

@@ -30,13 +30,13 @@ import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the workers import tests.integration.chaos_app too
+if str(ROOT) not in sys.path:  # the workers import tests.integration.harness.chaos_app too
     sys.path.insert(0, str(ROOT))
 
 from rstick import Rstick, RunFailed, RunRef  # noqa: E402
 from rstick.embedded import RedisServer  # noqa: E402
-from tests.integration.chaos_app import BRIEF_TIMEOUT  # noqa: E402
-from tests.integration.chaos_harness import (  # noqa: E402
+from tests.integration.harness.chaos_app import BRIEF_TIMEOUT  # noqa: E402
+from tests.integration.harness.chaos_harness import (  # noqa: E402
     StepLine,
     Workers,
     held,
@@ -44,14 +44,14 @@ from tests.integration.chaos_harness import (  # noqa: E402
     step_lines,
     wait_until,
 )
-from tests.integration.procs import rstick_cli  # noqa: E402
+from tests.integration.harness.procs import rstick_cli  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 HEARTBEAT = 0.5
 TTL = 3.0
 DEADLINE = 60.0  # for a condition that should come within seconds: the machine is shared
-LACKING_APP = "tests.integration.lacking_app:app"
+LACKING_APP = "tests.integration.harness.lacking_app:app"
 # Debian's libfaketime (package faketime): the variant for threaded programs.
 LIBFAKETIME = ("/usr/lib/*/faketime/libfaketimeMT.so.1", "/usr/lib/faketime/libfaketimeMT.so.1")
 

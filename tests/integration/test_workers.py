@@ -12,11 +12,11 @@ import redis
 
 from rstick import Rstick, RunStatus, StepStatus
 from rstick.embedded import RedisServer, embedded_binary, find_binary
-from tests.integration.procs import WorkerProcs, rstick_cli, wait_for
-from tests.integration.workload import executions_key
+from tests.integration.harness.procs import WorkerProcs, rstick_cli, wait_for
+from tests.integration.harness.workload import executions_key
 
 DAG = "examples.sticky_dag:app"
-WORKLOAD = "tests.integration.workload:app"
+WORKLOAD = "tests.integration.harness.workload:app"
 
 
 def blocked_in_xreadgroup(url: str) -> list[dict[str, Any]]:

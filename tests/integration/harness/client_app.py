@@ -1,5 +1,6 @@
 """What the client tests' workers serve: a no-op task, and a parent whose steps
-wait on many sticky children at once (``rstick worker tests.integration.client_app:app``)."""
+wait on many sticky children at once
+(``rstick worker tests.integration.harness.client_app:app``)."""
 
 from __future__ import annotations
 

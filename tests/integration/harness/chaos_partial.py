@@ -1,6 +1,6 @@
 """An older deploy of ``chaos_app``: the same queue, only some of its workflows.
 
-    rstick worker tests.integration.chaos_partial:app --worker-id p1 ...
+    rstick worker tests.integration.harness.chaos_partial:app --worker-id p1 ...
 
 A worker of this app takes entries of the workflows it lacks from the shared
 queue too; it must never run, lose or dead-letter them: it forwards them to a

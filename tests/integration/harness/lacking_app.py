@@ -1,7 +1,7 @@
 """``chaos_app`` without some of its workflows: an older deploy, or another service
 on the same Redis, queue and namespace.
 
-    rstick worker tests.integration.lacking_app:app --worker-id w1 ...
+    rstick worker tests.integration.harness.lacking_app:app --worker-id w1 ...
 """
 
 from __future__ import annotations

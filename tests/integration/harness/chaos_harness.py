@@ -29,10 +29,10 @@ from rstick.embedded import RedisServer, die_with_this_process
 
 from . import chaos_app
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = "tests.integration.chaos_app:app"
+ROOT = Path(__file__).resolve().parents[3]
+APP = "tests.integration.harness.chaos_app:app"
 LAUNCH = "from rstick_cli.main import cli; cli(prog_name='rstick')"  # `rstick`, on this Python
-SKEWED_LAUNCH = "tests.integration.skewed_worker"  # `rstick` under faketime: see that module
+SKEWED_LAUNCH = "tests.integration.harness.skewed_worker"  # `rstick` under faketime
 POLL = 0.05
 LOG_TIME = "%Y-%m-%d %H:%M:%S.%f"  # the worker's log lines begin with it (23 characters)
 T = TypeVar("T")

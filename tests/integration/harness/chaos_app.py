@@ -1,6 +1,6 @@
 """The workload of the crash and chaos tests, served by real ``rstick worker`` processes.
 
-    rstick worker tests.integration.chaos_app:app --worker-id w1 ...
+    rstick worker tests.integration.harness.chaos_app:app --worker-id w1 ...
 
 Every step appends one line ``start <run> <step> <worker> <attempt> <pid> <mono>``
 to ``<dir>/<worker>.steps`` before it works, and ``done ...`` after, so a test can

@@ -1,7 +1,8 @@
 """``rstick`` for a process whose wall clock is skewed by Debian's libfaketime:
 
-    FAKETIME_DONT_FAKE_MONOTONIC=1 faketime -f -11s python -m tests.integration.skewed_worker \\
-        worker tests.integration.chaos_app:app ...
+    FAKETIME_DONT_FAKE_MONOTONIC=1 faketime -f -11s \\
+        python -m tests.integration.harness.skewed_worker \\
+        worker tests.integration.harness.chaos_app:app ...
 
 Two things the plain ``rstick`` launcher does not need:
 

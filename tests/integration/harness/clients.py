@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 from rstick import Rstick
-from tests.integration.procs import wait_for
+from tests.integration.harness.procs import wait_for
 
 SETTLE = 10.0  # seconds Redis may take to see a closed socket go
 

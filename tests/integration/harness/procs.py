@@ -15,7 +15,7 @@ from typing import Any
 from rstick import Rstick
 from rstick.embedded import die_with_this_process
 
-ROOT = Path(__file__).resolve().parents[2]  # `examples.*` and `tests.integration.*` import from it
+ROOT = Path(__file__).resolve().parents[3]  # `examples.*` and `tests.integration.*` import from it
 
 POLL = 0.02  # seconds between looks while waiting for a condition
 READY_TIMEOUT = 30.0  # a worker process imports, connects and registers within this

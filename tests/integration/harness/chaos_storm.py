@@ -61,7 +61,7 @@ from .chaos_harness import (
 )
 
 MIX = ("Soft3", "Hard3", "Plain3")
-PARTIAL_APP = "tests.integration.chaos_partial:app"
+PARTIAL_APP = "tests.integration.harness.chaos_partial:app"
 PARTIAL_ID = "p1"
 GARBAGE = "chaos-garbage"  # marks the entries the storm XADDs by hand
 TICK = 0.05  # seconds between two looks of the storm loop at its schedule

@@ -1,6 +1,6 @@
 """A family of runs for the cancel test, served by real ``rstick worker`` processes:
 
-    rstick worker tests.integration.cancel_app:app --redis URL --namespace NS
+    rstick worker tests.integration.harness.cancel_app:app --redis URL --namespace NS
 
 ``Family`` (SOFT) spawns two sticky ``Kid`` runs and one plain ``PlainKid`` and waits
 for them. Each child's step says in Redis that it started, then waits until the test

@@ -1,6 +1,6 @@
 """The workload of the worker tests, served by real ``rstick worker`` processes:
 
-    rstick worker tests.integration.workload:app --redis URL --namespace NS
+    rstick worker tests.integration.harness.workload:app --redis URL --namespace NS
 
 ``record`` counts its executions in Redis itself (``HINCRBY`` on
 ``executions_key``), outside rstick's own state, so a test sees a job that ran
