@@ -17,8 +17,9 @@ import time
 import traceback
 from typing import Any
 
+from rstick.embedded import RedisServer
+
 from .report import Row, header, machine, table
-from .server import own_redis
 from .workloads import QUICK, WORKLOADS, Bench, Sizes, say
 
 
@@ -98,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.redis_url:
         return run(args.redis_url, args)
-    with own_redis() as url:
-        return run(url, args)
+    with RedisServer() as server:
+        return run(server.url, args)
 
 
 if __name__ == "__main__":

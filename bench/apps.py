@@ -9,7 +9,7 @@ from rstick import Context, Rstick, StickyStrategy
 NAMESPACE = "bench"
 
 
-def build(url: str, retention: float = 86400.0) -> Rstick:
+def build(url: str | None, retention: float = 86400.0) -> Rstick:
     """An app with a no-op task, a time-stamping task and a three-step sticky chain."""
     app = Rstick(redis_url=url, namespace=NAMESPACE, retention=retention)
 
@@ -41,3 +41,10 @@ def build(url: str, retention: float = 86400.0) -> Rstick:
             return None
 
     return app
+
+
+# What the worker processes serve (``rstick worker bench.apps:app``; --redis says where).
+app = build(None)
+short_lived = build(None, retention=1)  # the memory workload: finished runs go at once
+APP = "bench.apps:app"
+SHORT_LIVED = "bench.apps:short_lived"

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
 
 from rstick import Rstick, Run
+from rstick.testing.processes import WorkerProcesses
 
-from .workerproc import GO, READY
+from . import apps
+from .workerproc import GO, READY, STATS_DIR, stats_path
 
 ROOT = Path(__file__).resolve().parents[1]  # the repo: bench/harness.py
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -88,48 +90,39 @@ class RedisCounters:
         )
 
 
-@dataclass
-class WorkerProcs:
-    """N worker processes, started, released together, and stopped by pid."""
+class BenchWorkers:
+    """N worker processes (``bench.workerproc``: ``rstick worker`` with counters),
+    started, released together by the go, and stopped; by pid."""
 
-    url: str
-    n: int = 1
-    concurrency: int = 10
-    retention: float = 86400.0
-    worker_kwargs: dict[str, Any] = field(default_factory=dict)
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    ids: list[str] = field(default_factory=list)
-    stats_files: list[str] = field(default_factory=list)
-    stop_seconds: float = 0.0
+    def __init__(self, url: str, n: int = 1, *, app: str = apps.APP, concurrency: int = 10) -> None:
+        self.url, self.n, self.app, self.concurrency = url, n, app, concurrency
+        self.ids = [f"bench-w{i}" for i in range(n)]
+        self.stats_dir = tempfile.mkdtemp(prefix="rstick-bench-")
+        self.procs = WorkerProcesses(
+            url,
+            apps.NAMESPACE,
+            app=app,
+            concurrency=concurrency,
+            env={STATS_DIR: self.stats_dir},
+            cwd=ROOT,
+            pythonpath=[ROOT],
+            launcher=[sys.executable, "-m", "bench.workerproc"],
+        )
+        self.stop_seconds = 0.0
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the processes and wait until each has imported everything."""
         r = redis.Redis.from_url(self.url)
         r.delete(READY)
-        tmp = tempfile.mkdtemp(prefix="rstick-bench-")
-        for i in range(self.n):
-            wid = f"bench-w{i}"
-            stats = os.path.join(tmp, f"{wid}.json")
-            opts = {
-                "url": self.url,
-                "id": wid,
-                "concurrency": self.concurrency,
-                "stats": stats,
-                "retention": self.retention,
-                "worker_kwargs": self.worker_kwargs,
-            }
-            self.procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "bench.workerproc", json.dumps(opts)], cwd=ROOT
-                )
-            )
-            self.ids.append(wid)
-            self.stats_files.append(stats)
+        for wid in self.ids:
+            self.procs.start(wid)
         deadline = time.monotonic() + timeout
         while r.llen(READY) < self.n:
-            if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
+            dead = [life for life in self.procs.lives if not life.alive]
+            if dead or time.monotonic() > deadline:
+                output = "".join(f"\n--- {life.worker_id}\n{life.tail()}" for life in dead)
                 self.stop()
-                raise RuntimeError("bench workers did not start")
+                raise RuntimeError(f"bench workers did not start{output}")
             time.sleep(0.02)
         r.close()
 
@@ -141,35 +134,28 @@ class WorkerProcs:
         pipe.execute()
         r.close()
 
-    def wait_registered(self, app: Rstick, timeout: float = 30.0) -> None:
+    def wait_registered(self, timeout: float = 30.0) -> None:
         """Until every worker has registered (and so created its consumer groups)."""
-        r = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + timeout
-        while r.zcard(app.keys.workers) < self.n or not all(
-            r.exists(app.keys.worker(w)) for w in self.ids
-        ):
-            if time.monotonic() > deadline:
-                raise RuntimeError("bench workers did not register")
-            time.sleep(0.005)
-        r.close()
+        self.procs.wait_ready(timeout=timeout)
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
+        return [life.pid for life in self.procs.lives]
 
     def cpu(self) -> float:
         return sum(proc_cpu(p) for p in self.pids)
 
     def stats(self, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Each worker's counters, written by it on SIGUSR1."""
-        for path in self.stats_files:
+        paths = [stats_path(self.stats_dir, wid) for wid in self.ids]
+        for path in paths:
             if os.path.exists(path):
                 os.unlink(path)
-        for p in self.procs:
-            p.send_signal(signal.SIGUSR1)
+        for wid in self.ids:
+            self.procs.signal(wid, signal.SIGUSR1)
         out = []
         deadline = time.monotonic() + timeout
-        for path in self.stats_files:
+        for path in paths:
             while not os.path.exists(path):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"no stats from {path}")
@@ -179,25 +165,17 @@ class WorkerProcs:
         return out
 
     def stop(self, timeout: float = 15.0) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
         started = time.monotonic()
-        deadline = started + timeout
-        for p in self.procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-                print(
-                    f"  worker pid {p.pid} ignored SIGTERM for {timeout:.0f}s: killed",
-                    file=sys.stderr,
-                )
+        try:
+            codes = self.procs.close(timeout=timeout)
+        finally:
+            shutil.rmtree(self.stats_dir, ignore_errors=True)
         self.stop_seconds = time.monotonic() - started
-        self.procs.clear()
+        for wid, code in codes.items():
+            if code == -signal.SIGKILL:
+                print(f"  worker {wid} ignored SIGTERM for {timeout:.0f}s: killed", file=sys.stderr)
 
-    def __enter__(self) -> WorkerProcs:
+    def __enter__(self) -> BenchWorkers:
         self.start()
         return self
 

@@ -1,15 +1,19 @@
-"""One benchmark worker process: ``python -m bench.workerproc ARGS_JSON``.
+"""One benchmark worker: ``rstick worker`` with counters, as the bench starts it:
+
+    python -m bench.workerproc worker bench.apps:app --worker-id ID --redis URL ...
 
 It imports everything, reports ready, waits for the bench's go (so that import
-time and start-up skew stay out of the figures), then runs ``Worker.run()``
-until SIGTERM. It counts its own Redis round trips (one per command sent alone,
-one per pipeline) by wrapping redis-py; SIGUSR1 writes those counts to a file.
+time and start-up skew stay out of the figures), then runs ``rstick worker``
+with the same arguments until SIGTERM. It counts its own Redis round trips (one
+per command sent alone, one per pipeline) by wrapping redis-py; SIGUSR1 writes
+those counts to ``$RSTICK_BENCH_STATS/<worker id>.json``.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import importlib
 import json
 import os
 import signal
@@ -24,10 +28,9 @@ import redis.client as sclient
 import rstick
 from rstick import Worker
 
-from . import apps
-
 READY = "bench:ready"
 GO = "bench:go:"
+STATS_DIR = "RSTICK_BENCH_STATS"  # the folder the counters are written to
 
 trips: collections.Counter[str] = collections.Counter()
 
@@ -97,35 +100,55 @@ def count_round_trips(names: dict[str, str]) -> None:
     BlockingConnection.call = wrap_call(BlockingConnection.call)  # type: ignore[method-assign]
 
 
+def stats_path(folder: str, worker_id: str) -> str:
+    return os.path.join(folder, f"{worker_id}.json")
+
+
+def option(args: list[str], name: str) -> str:
+    """The value of ``name`` on the ``rstick worker`` command line."""
+    return args[args.index(name) + 1]
+
+
 def main() -> None:
-    opts = json.loads(sys.argv[1])
-    app = apps.build(opts["url"], opts.get("retention", 86400.0))
-    kwargs = {"worker_id": opts["id"], "concurrency": opts["concurrency"]}
-    kwargs.update(opts.get("worker_kwargs", {}))
-    worker = Worker(app, **kwargs)
+    args = sys.argv[1:]
+    url, worker_id = option(args, "--redis"), option(args, "--worker-id")
+    stats = stats_path(os.environ[STATS_DIR], worker_id)
+    from rstick_cli.main import cli
+
+    importlib.import_module(args[1].partition(":")[0])  # the app, imported before the go
+    serving: list[Worker] = []
+    run = Worker.run
+
+    def run_and_keep(self: Worker) -> int:
+        serving.append(self)
+        return run(self)
+
+    Worker.run = run_and_keep  # type: ignore[method-assign]
 
     def dump(*_: Any) -> None:
         data = {
-            "id": opts["id"],
+            "id": worker_id,
             "pid": os.getpid(),
-            "steps_done": getattr(worker, "steps_done", None),
+            "steps_done": serving[0].steps_done if serving else None,
             "round_trips": dict(trips),
             "rstick": rstick.__file__,
         }
-        tmp = opts["stats"] + ".tmp"
+        tmp = stats + ".tmp"
         with open(tmp, "w") as f:
             json.dump(data, f)
-        os.replace(tmp, opts["stats"])
+        os.replace(tmp, stats)
 
     signal.signal(signal.SIGUSR1, dump)
-    gate = redis.Redis.from_url(opts["url"])
-    gate.rpush(READY, opts["id"])
-    if gate.blpop([GO + opts["id"]], timeout=120) is None:
+    gate = redis.Redis.from_url(url)
+    gate.rpush(READY, worker_id)
+    if gate.blpop([GO + worker_id], timeout=120) is None:
         sys.exit("bench worker: no go within 120 s")
     gate.close()
     count_round_trips(script_names())
-    worker.run()
-    dump()
+    try:
+        cli(args, prog_name="rstick")
+    finally:
+        dump()
 
 
 if __name__ == "__main__":

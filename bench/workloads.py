@@ -16,9 +16,9 @@ from rstick.codec import unpack
 
 from . import apps, raw
 from .harness import (
+    BenchWorkers,
     DoneWatch,
     RedisCounters,
-    WorkerProcs,
     check_runs,
     percentile,
     proc_rss_kb,
@@ -128,7 +128,7 @@ class Bench:
         if waiting:
             self.enqueue_all(app, workflow, waiting)
         t_start = time.perf_counter()
-        procs = WorkerProcs(self.url, n=workers)
+        procs = BenchWorkers(self.url, n=workers)
         procs.start()
         watch = DoneWatch(app, self.url)
         try:
@@ -356,13 +356,13 @@ class Latencies:
 
 def _latencies(b: Bench, task: str, n: int) -> Latencies:
     app = b.fresh_app()
-    procs = WorkerProcs(b.url, n=1)
+    procs = BenchWorkers(b.url, n=1)
     procs.start()
     watch = DoneWatch(app, b.url)
     sent: dict[str, float] = {}
     try:
         procs.go()
-        procs.wait_registered(app)
+        procs.wait_registered()
         before: dict[str, int] = {}
         for i in range(n + 10):
             if i == 10:  # the first ones warm up both sides
@@ -477,12 +477,12 @@ def memory(b: Bench) -> list[Row]:
     app = b.fresh_app(retention=1)
     queue = app.keys.queue("default")
     enqueued, chunk, backlog = 0, 2_000, 20_000
-    procs = WorkerProcs(b.url, n=1, retention=1)
+    procs = BenchWorkers(b.url, n=1, app=apps.SHORT_LIVED)
     procs.start()
     points = []
     try:
         procs.go()
-        procs.wait_registered(app)
+        procs.wait_registered()
         pid = procs.pids[0]
         t0 = time.perf_counter()
         last = (0, t0)

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +29,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from rstick import Rstick, RunRef, RunStatus
-from rstick.embedded import die_with_this_process
+from rstick.testing.processes import WorkerProcesses
 
 from .workflow import expected_sha256
 
@@ -39,103 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository: examples/ is impor
 APP = "examples.sticky_files.workflow:app"
 STEPS = ("download", "process", "cleanup")
 POLL = 0.05  # seconds between looks at the runs' state
-
-
-class Workers:
-    """N ``rstick worker`` subprocesses; stopped (SIGTERM, then SIGKILL) on exit."""
-
-    def __init__(
-        self,
-        url: str,
-        namespace: str,
-        count: int,
-        *,
-        logs: Path,
-        concurrency: int = 2,
-        app: str = APP,
-    ) -> None:
-        self.url, self.namespace, self.count = url, namespace, count
-        self.concurrency, self.app = concurrency, app
-        self.logs = logs
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def __enter__(self) -> Workers:
-        try:
-            for n in range(1, self.count + 1):
-                self.start(f"w{n}")
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self, worker_id: str) -> None:
-        env = dict(
-            os.environ,
-            RSTICK_REDIS_URL=self.url,
-            RSTICK_NAMESPACE=self.namespace,
-            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        )
-        cmd = [
-            sys.executable,
-            "-c",
-            "from rstick_cli.main import cli; cli(prog_name='rstick')",
-            "worker",
-            self.app,
-            "--worker-id",
-            worker_id,
-            "--concurrency",
-            str(self.concurrency),
-        ]
-        with open(self.logs / f"{worker_id}.log", "wb") as log:
-            self.procs[worker_id] = subprocess.Popen(
-                cmd,
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=die_with_this_process(),  # a killed starter leaves no worker
-            )
-
-    def log_tail(self, worker_id: str, lines: int = 15) -> str:
-        path = self.logs / f"{worker_id}.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def wait_ready(self, client_app: Rstick, timeout: float = 30.0) -> None:
-        """Until every worker has registered itself (and its workflows) in Redis."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for wid, proc in self.procs.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"worker {wid} exited with {proc.returncode}:\n{self.log_tail(wid)}"
-                    )
-            alive = {w.worker_id for w in client_app.list_workers() if w.alive}
-            if alive >= set(self.procs):
-                return
-            time.sleep(POLL)
-        raise TimeoutError(f"workers not ready after {timeout}s")
-
-    def kill(self, worker_id: str) -> None:
-        """SIGKILL: the worker gets no chance to hand its runs back."""
-        self.procs[worker_id].send_signal(signal.SIGKILL)
-        self.procs[worker_id].wait(timeout=10)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+STOP_TIMEOUT = 10.0  # seconds the workers have to stop before they are killed
 
 
 @dataclass
@@ -287,44 +189,55 @@ def run_example(
     namespace = f"demo-{uuid.uuid4().hex[:8]}"
     client_app = Rstick(redis_url=url, namespace=namespace)
     tmp = Path(tempfile.mkdtemp(prefix="rstick-demo-"))
+    procs = WorkerProcesses(
+        url, namespace, app=APP, concurrency=concurrency, logs=tmp, cwd=ROOT, pythonpath=[ROOT]
+    )
     try:
-        with Workers(url, namespace, workers, concurrency=concurrency, logs=tmp) as procs:
-            procs.wait_ready(client_app)
-            inputs = [
-                {"seed": n, "size": size, "sleep": sleep, "base": str(tmp / "demo_fs")}
-                for n in range(runs)
-            ]
-            started = time.monotonic()
-            refs = client_app.enqueue_many("FileProcessing", inputs)
-            killed = None
-            if timeout is None:  # three times the work, spread over every slot
-                timeout = 60 + 3 * (-(-runs // (workers * concurrency))) * len(STEPS) * sleep
-            deadline = time.monotonic() + timeout
-            done = -1
-            while time.monotonic() < deadline:
-                if kill_one and killed is None:
-                    killed = victim(client_app, refs)
-                    if killed:
-                        procs.kill(killed)
-                finished = count_finished(client_app, refs)
-                if finished != done and progress:
-                    progress(finished, len(refs))
-                done = finished
-                if done == len(refs):
-                    break
-                time.sleep(POLL)
-            else:
-                logs = "\n".join(f"--- {w}\n{procs.log_tail(w, 5)}" for w in procs.procs)
-                raise TimeoutError(
-                    f"{len(refs) - done} runs not finished after {timeout:.0f}s; "
-                    f"the workers' last lines:\n{logs}"
-                )
-            results = [result_of(client_app, ref, i) for ref, i in zip(refs, inputs, strict=True)]
-            return Report(results, killed, time.monotonic() - started)
+        procs.start_many(workers)
+        inputs = [
+            {"seed": n, "size": size, "sleep": sleep, "base": str(tmp / "demo_fs")}
+            for n in range(runs)
+        ]
+        started = time.monotonic()
+        refs = client_app.enqueue_many("FileProcessing", inputs)
+        killed = None
+        if timeout is None:  # three times the work, spread over every slot
+            timeout = 60 + 3 * (-(-runs // (workers * concurrency))) * len(STEPS) * sleep
+        deadline = time.monotonic() + timeout
+        done = -1
+        while time.monotonic() < deadline:
+            if kill_one and killed is None:
+                killed = victim(client_app, refs)
+                if killed:
+                    procs.kill(killed)
+            finished = count_finished(client_app, refs)
+            if finished != done and progress:
+                progress(finished, len(refs))
+            done = finished
+            if done == len(refs):
+                break
+            time.sleep(POLL)
+        else:
+            logs = "\n".join(
+                f"--- {life.worker_id}\n{last_lines(life.output(), 5)}" for life in procs.lives
+            )
+            raise TimeoutError(
+                f"{len(refs) - done} runs not finished after {timeout:.0f}s; "
+                f"the workers' last lines:\n{logs}"
+            )
+        results = [result_of(client_app, ref, i) for ref, i in zip(refs, inputs, strict=True)]
+        return Report(results, killed, time.monotonic() - started)
     finally:
-        forget(client_app)
-        client_app.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            procs.close(timeout=STOP_TIMEOUT)  # SIGTERM, then SIGKILL
+        finally:
+            forget(client_app)
+            client_app.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def last_lines(text: str, n: int) -> str:
+    return "\n".join(text.splitlines()[-n:])
 
 
 def count_finished(client_app: Rstick, refs: list[RunRef]) -> int:

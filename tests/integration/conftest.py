@@ -27,7 +27,7 @@ ROOT = HERE.parents[1]
 if str(ROOT) not in sys.path:  # the tests and the workers import the same module names
     sys.path.insert(0, str(ROOT))
 
-from tests.integration.harness.procs import WorkerProcs  # noqa: E402
+from rstick.testing.processes import WorkerProcesses  # noqa: E402
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -73,14 +73,24 @@ def app(redis_url: str, namespace: str) -> Iterator[Rstick]:
 
 
 @pytest.fixture
-def make_workers(request: pytest.FixtureRequest) -> Iterator[Callable[[str, str], WorkerProcs]]:
-    """``make_workers(url, namespace)``: a WorkerProcs on any Redis; all killed at the end."""
+def make_workers(
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable[[str, str], WorkerProcesses]]:
+    """``make_workers(url, namespace)``: worker processes on any Redis (of the DAG
+    example unless ``start`` names another app); all killed at the end."""
     logs = Path(tempfile.mkdtemp(prefix="rstick-it-logs-"))
-    pools: list[WorkerProcs] = []
+    pools: list[WorkerProcesses] = []
     request.node.rstick_worker_pools = pools  # read by pytest_runtest_makereport
 
-    def make(url: str, namespace: str) -> WorkerProcs:
-        pool = WorkerProcs(url, namespace, logs)
+    def make(url: str, namespace: str) -> WorkerProcesses:
+        pool = WorkerProcesses(
+            url,
+            namespace,
+            app="examples.sticky_dag:app",
+            logs=logs / f"pool{len(pools)}",
+            cwd=ROOT,
+            pythonpath=[ROOT],
+        )
         pools.append(pool)
         return pool
 
@@ -89,15 +99,15 @@ def make_workers(request: pytest.FixtureRequest) -> Iterator[Callable[[str, str]
     finally:
         try:
             for pool in pools:
-                pool.close()
+                pool.close(graceful=False)
         finally:
             shutil.rmtree(logs, ignore_errors=True)
 
 
 @pytest.fixture
 def workers(
-    make_workers: Callable[[str, str], WorkerProcs], redis_url: str, namespace: str
-) -> WorkerProcs:
+    make_workers: Callable[[str, str], WorkerProcesses], redis_url: str, namespace: str
+) -> WorkerProcesses:
     """Worker processes on the session's Redis, in this test's namespace."""
     return make_workers(redis_url, namespace)
 

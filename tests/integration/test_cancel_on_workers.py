@@ -7,8 +7,9 @@ from __future__ import annotations
 import redis
 
 from rstick import Rstick, RunStatus, StepStatus
+from rstick.testing.processes import WorkerProcesses, wait_until
 from tests.integration.harness.cancel_app import key
-from tests.integration.harness.procs import WorkerProcs, rstick_cli, wait_for
+from tests.integration.harness.procs import rstick_cli
 
 APP = "tests.integration.harness.cancel_app:app"
 
@@ -19,12 +20,12 @@ def outputs(app: Rstick, run_id: str) -> dict[bytes, bytes]:
 
 
 def test_cancel_of_a_parent_cancels_its_running_children_and_ignores_their_results(
-    workers: WorkerProcs, app: Rstick, redis_url: str, namespace: str
+    workers: WorkerProcesses, app: Rstick, redis_url: str, namespace: str
 ) -> None:
     workers.start_many(2, APP, concurrency=4)
     parent = app.enqueue("Family")
     with redis.Redis.from_url(redis_url) as r:
-        wait_for(lambda: r.llen(key(namespace, "started")) == 3, 30, "the 3 children to start")
+        wait_until(lambda: r.llen(key(namespace, "started")) == 3, 30, "the 3 children to start")
         kids = app.get_run(parent.run_id).children
         assert len(kids) == 3
         assert {app.get_run(k).status for k in kids} == {RunStatus.RUNNING}
@@ -38,7 +39,7 @@ def test_cancel_of_a_parent_cancels_its_running_children_and_ignores_their_resul
         assert sorted(report["cancelled"][1:]) == sorted(kids)
 
         r.set(key(namespace, "release"), 1)  # the children's steps run on to their end
-        wait_for(lambda: r.llen(key(namespace, "finished")) == 3, 30, "the children to finish")
+        wait_until(lambda: r.llen(key(namespace, "finished")) == 3, 30, "the children to finish")
 
         # Their completions reach Redis and are ignored. The worker logs that after
         # the script that applied them, which also settled their entries.
@@ -49,7 +50,7 @@ def test_cancel_of_a_parent_cancels_its_running_children_and_ignores_their_resul
             logs = "".join(proc.output() for proc in workers.lives)
             return all(line in logs for line in ignored)
 
-        wait_for(logged, 30, "the 4 completions to be ignored")
+        wait_until(logged, 30, "the 4 completions to be ignored")
         streams = [app.keys.queue("default"), app.keys.personal("w1"), app.keys.personal("w2")]
         assert [r.xpending(s, "rstick")["pending"] for s in streams] == [0, 0, 0]
     for run_id in [parent.run_id, *kids]:

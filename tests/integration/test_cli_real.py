@@ -14,14 +14,9 @@ import redis
 
 from rstick.embedded import RedisServer, free_port
 from rstick.keys import Keys
+from rstick.testing.processes import WorkerProcesses, wait_until
 from tests.integration.harness import chaos_app
-from tests.integration.harness.procs import (
-    ROOT,
-    WorkerProcs,
-    rstick_command,
-    subprocess_env,
-    wait_for,
-)
+from tests.integration.harness.procs import ROOT, rstick_command, subprocess_env
 
 APP = "tests.integration.harness.chaos_app:app"
 
@@ -46,20 +41,20 @@ def run_cli(url: str, namespace: str, *args: str) -> subprocess.CompletedProcess
 
 @pytest.mark.parametrize("as_json", [True, False])
 def test_ctrl_c_while_waiting_prints_the_run_and_exits_130(
-    workers: WorkerProcs, redis_url: str, namespace: str, tmp_path: Path, as_json: bool
+    workers: WorkerProcesses, redis_url: str, namespace: str, tmp_path: Path, as_json: bool
 ) -> None:
     workers.start("w1", APP)
-    workers.ready()
+    workers.wait_ready()
     run_id = f"held-{as_json}"
     data = json.dumps({"dir": str(tmp_path), "hold": ["job:1"]})
     args = ["enqueue", "job", "--input", data, "--run-id", run_id, "--wait"]
     waiter = start_cli(redis_url, namespace, *args, *(["--json"] if as_json else []))
     try:
         # The step runs (and waits for the test), and the command waits for its end.
-        wait_for((tmp_path / f"{run_id}.job.1.held").exists, 30, "the step to start")
+        wait_until((tmp_path / f"{run_id}.job.1.held").exists, 30, "the step to start")
         done_channel = workers.client.keys.done(run_id)
         r = redis.Redis.from_url(redis_url)
-        wait_for(
+        wait_until(
             lambda: r.pubsub_numsub(done_channel)[0][1] == 1, 30, "the command to wait for the run"
         )
         waiter.send_signal(signal.SIGINT)
@@ -120,7 +115,7 @@ def test_a_worker_refused_by_redis_exits_1_with_one_line(
     protected: str, password: str | None, problem: str, make_workers: Any
 ) -> None:
     url = with_password(protected, password) if password else protected
-    pool: WorkerProcs = make_workers(url, "login")
+    pool: WorkerProcesses = make_workers(url, "login")
     worker = pool.start("w1", APP)
     assert worker.wait(60) == 1
     shown = with_password(protected, "***") if password else protected
@@ -132,17 +127,17 @@ def test_a_worker_refused_by_redis_exits_1_with_one_line(
     # With the password the same worker serves.
     good = make_workers(with_password(protected, "s3cret"), "login")
     good.start("w2", APP)
-    good.ready()
+    good.wait_ready()
 
 
 def test_a_worker_waiting_for_redis_names_the_url_without_its_password(
     make_workers: Any,
 ) -> None:
     url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
-    pool: WorkerProcs = make_workers(url, "away")
+    pool: WorkerProcesses = make_workers(url, "away")
     worker = pool.start("w1", APP)
     shown = url.replace(":s3cret@", ":***@")
-    wait_for(
+    wait_until(
         lambda: worker.output().count(f"redis unavailable at {shown} (") >= 2,
         30,
         "two backoff lines",
@@ -163,20 +158,19 @@ def test_a_worker_refuses_an_evicting_redis_and_warns_of_the_rest(
     url = own_server.url
     admin = redis.Redis.from_url(url)
     admin.config_set("maxmemory-policy", "allkeys-lru")
-    pool: WorkerProcs = make_workers(url, "evict")
+    pool: WorkerProcesses = make_workers(url, "evict")
     refused = pool.start("w1", APP)
     assert refused.wait(60) == 2
     [line] = refused.output().splitlines()[1:]
     assert line.startswith("rstick: Redis evicts keys under maxmemory-policy allkeys-lru: ")
     assert "--allow-eviction" in line
     assert pool.client.list_workers() == []  # it registered nothing
-    refused.signalled = True  # its exit is the point: `ready` looks at the others
 
-    allowed = pool.start("w2", APP, args=("--allow-eviction",))
-    pool.ready()
+    allowed = pool.start("w2", APP, allow_eviction=True)
+    pool.wait_ready()
     admin.config_set("maxmemory-policy", "volatile-lru")
     warned = pool.start("w3", APP)
-    pool.ready()
+    pool.wait_ready()
     for life, policy in ((allowed, "allkeys-lru"), (warned, "volatile-lru")):
         logged = life.output()
         assert logged.count(f"maxmemory-policy {policy}") == 1
@@ -185,5 +179,5 @@ def test_a_worker_refuses_an_evicting_redis_and_warns_of_the_rest(
     admin.config_set("maxmemory-policy", "noeviction")
     admin.config_set("appendonly", "yes")
     quiet = pool.start("w4", APP)
-    pool.ready()
+    pool.wait_ready()
     assert "rstick.preflight" not in quiet.output()

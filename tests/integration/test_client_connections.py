@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import signal
 import threading
 from collections import Counter
 from typing import Any
@@ -21,8 +20,8 @@ import redis
 
 from rstick import Rstick
 from rstick.errors import ClientClosed, PoolTimeout, ResultTimeout
+from rstick.testing.processes import WorkerProcesses, wait_until
 from tests.integration.harness.clients import connections, named_app, peak_connections, settled
-from tests.integration.harness.procs import WorkerProcs, wait_for
 
 APP = "tests.integration.harness.client_app:app"
 HANDFUL = 11  # the default pool_size (10) and one subscription
@@ -45,7 +44,7 @@ def failures(results: list[Any]) -> Counter[str]:
 
 
 def test_10000_concurrent_async_waits_in_one_process(
-    workers: WorkerProcs, redis_url: str, namespace: str
+    workers: WorkerProcesses, redis_url: str, namespace: str
 ) -> None:
     workers.start_many(2, APP, concurrency=10)
     app, name = named_app(redis_url, namespace)
@@ -69,7 +68,9 @@ def test_10000_concurrent_async_waits_in_one_process(
     app.close()
 
 
-def test_200_threads_enqueue_and_wait(workers: WorkerProcs, redis_url: str, namespace: str) -> None:
+def test_200_threads_enqueue_and_wait(
+    workers: WorkerProcesses, redis_url: str, namespace: str
+) -> None:
     workers.start_many(2, APP, concurrency=10)
     app, name = named_app(redis_url, namespace)
     n = 200
@@ -98,7 +99,9 @@ def test_200_threads_enqueue_and_wait(workers: WorkerProcs, redis_url: str, name
     assert settled(redis_url, name, 0) == 0
 
 
-def test_an_async_step_awaits_50_sticky_children_at_once(workers: WorkerProcs, app: Rstick) -> None:
+def test_an_async_step_awaits_50_sticky_children_at_once(
+    workers: WorkerProcesses, app: Rstick
+) -> None:
     workers.start_many(1, APP, concurrency=4)
     ref = app.enqueue("Fanout", {"children": 50})
     out = ref.result(timeout=120)
@@ -115,7 +118,7 @@ def test_an_async_step_awaits_50_sticky_children_at_once(workers: WorkerProcs, a
 
 
 def test_short_lived_threads_give_their_connections_back(
-    workers: WorkerProcs, redis_url: str, namespace: str
+    workers: WorkerProcesses, redis_url: str, namespace: str
 ) -> None:
     workers.start_many(1, APP, concurrency=10)
     app, name = named_app(redis_url, namespace)
@@ -144,7 +147,9 @@ def test_short_lived_threads_give_their_connections_back(
     assert settled(redis_url, name, 0) == 0
 
 
-def test_close_leaves_nothing_open(workers: WorkerProcs, redis_url: str, namespace: str) -> None:
+def test_close_leaves_nothing_open(
+    workers: WorkerProcesses, redis_url: str, namespace: str
+) -> None:
     workers.start_many(1, APP, concurrency=10)
     app, name = named_app(redis_url, namespace)
     loops_ready = threading.Barrier(4)
@@ -176,7 +181,7 @@ def test_close_leaves_nothing_open(workers: WorkerProcs, redis_url: str, namespa
 
 
 def test_async_with_app_closes_its_connections(
-    workers: WorkerProcs, redis_url: str, namespace: str
+    workers: WorkerProcesses, redis_url: str, namespace: str
 ) -> None:
     workers.start_many(1, APP, concurrency=10)
     app, name = named_app(redis_url, namespace)
@@ -199,7 +204,7 @@ def test_async_with_app_closes_its_connections(
 
 
 def test_one_app_on_several_event_loops(
-    workers: WorkerProcs, redis_url: str, namespace: str
+    workers: WorkerProcesses, redis_url: str, namespace: str
 ) -> None:
     workers.start_many(1, APP, concurrency=10)
     app, name = named_app(redis_url, namespace)
@@ -279,7 +284,7 @@ def test_waiters_get_their_results_after_the_subscription_is_killed(
     r = redis.Redis.from_url(redis_url)
     workers = make_workers(redis_url, namespace)
     workers.start_many(1, APP, concurrency=10)
-    workers["w1"].proc.send_signal(signal.SIGSTOP)  # the runs wait while the subscription dies
+    workers.pause("w1")  # the runs wait while the subscription dies
     refs = [app.enqueue("echo", {"n": i}) for i in range(20)]
     results: list[Any] = [None] * 20
 
@@ -292,10 +297,10 @@ def test_waiters_get_their_results_after_the_subscription_is_killed(
     threads = [threading.Thread(target=wait, args=(i,)) for i in range(20)]
     for t in threads:
         t.start()
-    wait_for(lambda: len(done_channels(redis_url, namespace)) == 20, 30, "20 subscriptions")
+    wait_until(lambda: len(done_channels(redis_url, namespace)) == 20, 30, "20 subscriptions")
     killed = r.client_kill_filter(_type="pubsub")
     assert killed >= 1
-    workers["w1"].proc.send_signal(signal.SIGCONT)
+    workers.resume("w1")
     for t in threads:
         t.join(120)
     assert results == list(range(20))
@@ -309,7 +314,7 @@ def _child_waits(app: Rstick) -> None:
 
 
 def test_a_forked_child_gets_connections_of_its_own(
-    workers: WorkerProcs, redis_url: str, namespace: str
+    workers: WorkerProcesses, redis_url: str, namespace: str
 ) -> None:
     workers.start_many(1, APP, concurrency=10)
     app, name = named_app(redis_url, namespace)
@@ -379,7 +384,7 @@ def test_close_ends_waits_in_progress(redis_url: str, namespace: str) -> None:
 
     t = threading.Thread(target=wait)
     t.start()
-    wait_for(lambda: done_channels(redis_url, namespace), 30, "the subscription")
+    wait_until(lambda: done_channels(redis_url, namespace), 30, "the subscription")
     app.close()
     t.join(30)
     assert [type(e) for e in outcome] == [ClientClosed]

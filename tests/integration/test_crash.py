@@ -24,14 +24,14 @@ if str(ROOT) not in sys.path:  # the workers import tests.integration.harness.ch
 from rstick import Rstick, RunFailed, RunRef  # noqa: E402
 from rstick.embedded import RedisServer  # noqa: E402
 from rstick.keys import GROUP  # noqa: E402
+from rstick.testing.processes import wait_until  # noqa: E402
 from tests.integration.harness.chaos_harness import (  # noqa: E402
-    Workers,
+    ChaosWorkers,
     durable_redis,
     held,
     outage,
     release,
     step_lines,
-    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -51,14 +51,14 @@ class Crash:
     """One test's namespace, workers and gate folder."""
 
     server: RedisServer
-    workers: Workers
+    workers: ChaosWorkers
     app: Rstick
     dir: Path
 
     def start(self, *ids: str, **opts: Any) -> None:
         for wid in ids:
             self.workers.start(wid, **opts)
-        self.workers.wait_ready(self.app, *ids)
+        self.workers.wait_ready(*ids)
 
     def enqueue(self, workflow: str, **opts: Any) -> RunRef:
         return self.app.enqueue(workflow, {"dir": str(self.dir), **opts})
@@ -89,7 +89,7 @@ class Crash:
 
 @pytest.fixture
 def crash(server: RedisServer, tmp_path: Path) -> Iterator[Crash]:
-    workers = Workers(server.url, f"crash-{uuid.uuid4().hex[:8]}", tmp_path / "logs")
+    workers = ChaosWorkers(server.url, f"crash-{uuid.uuid4().hex[:8]}", tmp_path / "logs")
     app = workers.client_app()
     yield Crash(server, workers, app, tmp_path)
     codes = workers.close(graceful=False)  # what a test did not stop needs no drain
@@ -98,7 +98,7 @@ def crash(server: RedisServer, tmp_path: Path) -> Iterator[Crash]:
     print(f"exit codes at teardown: {codes}")
     for life in workers.lives:
         print(f"--- {life.log.name} (pid {life.pid}, signals {life.signals})")
-        print(life.text()[-6000:])
+        print(life.output()[-6000:])
 
 
 def events(history: list[dict[str, Any]], ev: str) -> list[dict[str, Any]]:
@@ -262,7 +262,7 @@ def test_paused_worker_is_fenced_off_and_rejoins(crash: Crash) -> None:
     assert "declared dead" in crash.workers.log(zombie)
 
     # It rejoined: with the other worker gone, it serves new work.
-    crash.workers.wait_ready(crash.app, zombie)
+    crash.workers.wait_ready(zombie)
     crash.workers.kill(heir)
     after = crash.enqueue("job")
     assert after.result(timeout=RESULT_TIMEOUT)["worker"] == zombie
@@ -279,7 +279,7 @@ def test_graceful_stop_hands_soft_runs_back_at_once(crash: Crash) -> None:
     crash.start("w2", worker_ttl=60)
 
     life = crash.workers.signal("w1", signal.SIGTERM)
-    wait_until(lambda: "stopping" in life.text(), RESULT_TIMEOUT, "w1 to start stopping")
+    wait_until(lambda: "stopping" in life.output(), RESULT_TIMEOUT, "w1 to start stopping")
     release(crash.dir, ref.run_id, "a")  # w1 finishes its running step, then hands off
     assert life.proc.wait(15) == 0  # it has nothing left to run: a drain takes a second
 
@@ -336,7 +336,7 @@ def test_workers_reconnect_after_redis_restarts(crash: Crash) -> None:
         assert crash.workers.current[wid].proc.poll() is None, f"{wid} exited"
         assert "redis unavailable" in crash.workers.log(wid)
         assert "was declared dead" not in crash.workers.log(wid)
-    crash.workers.wait_ready(crash.app, *ids)
+    crash.workers.wait_ready(*ids)
     assert redis.xpending(crash.app.keys.queue("default"), GROUP)["pending"] == 0
 
 

@@ -15,8 +15,9 @@ import redis
 from examples.sticky_files.start import run_example
 from rstick.embedded import RedisServer, redis_available
 from rstick.keys import Keys
+from rstick.testing.processes import WorkerProcesses
 from tests.integration.harness.clients import connections, named_url, peak_connections
-from tests.integration.harness.procs import ROOT, WorkerProcs, rstick_command, subprocess_env
+from tests.integration.harness.procs import ROOT, rstick_command, subprocess_env
 
 # -- the sticky file-processing example ----------------------------------------
 
@@ -86,7 +87,7 @@ def shared_queue_adds(pubsub: Any) -> int:
 
 
 def test_sticky_children_run_on_the_parents_worker_with_one_slot(
-    own_server: RedisServer, make_workers: Callable[[str, str], WorkerProcs], namespace: str
+    own_server: RedisServer, make_workers: Callable[[str, str], WorkerProcesses], namespace: str
 ) -> None:
     # A server of its own: the test turns on keyspace notifications to count what
     # enters the shared queue.
@@ -125,7 +126,7 @@ def test_sticky_children_run_on_the_parents_worker_with_one_slot(
 
 
 def test_ordinary_children_do_not_deadlock_one_worker_with_one_slot(
-    redis_url: str, make_workers: Callable[[str, str], WorkerProcs], namespace: str
+    redis_url: str, make_workers: Callable[[str, str], WorkerProcesses], namespace: str
 ) -> None:
     workers = make_workers(redis_url, namespace)
     workers.start_many(1, "examples.sticky_child:app", concurrency=1)
@@ -148,7 +149,7 @@ def test_ordinary_children_do_not_deadlock_one_worker_with_one_slot(
 
 
 def test_the_web_app_example_answers_many_requests_on_few_connections(
-    redis_url: str, make_workers: Callable[[str, str], WorkerProcs], namespace: str
+    redis_url: str, make_workers: Callable[[str, str], WorkerProcesses], namespace: str
 ) -> None:
     workers = make_workers(redis_url, namespace)
     workers.start_many(2, "examples.web_app:app", concurrency=10)

@@ -35,14 +35,14 @@ if str(ROOT) not in sys.path:  # the workers import tests.integration.harness.ch
 
 from rstick import Rstick, RunFailed, RunRef  # noqa: E402
 from rstick.embedded import RedisServer  # noqa: E402
+from rstick.testing.processes import wait_until  # noqa: E402
 from tests.integration.harness.chaos_app import BRIEF_TIMEOUT  # noqa: E402
 from tests.integration.harness.chaos_harness import (  # noqa: E402
+    ChaosWorkers,
     StepLine,
-    Workers,
     held,
     release,
     step_lines,
-    wait_until,
 )
 from tests.integration.harness.procs import rstick_cli  # noqa: E402
 
@@ -61,10 +61,10 @@ class Faults:
     """One test's Redis, namespace, workers and step-log folder."""
 
     server: RedisServer
-    workers: Workers
+    workers: ChaosWorkers
     app: Rstick
     dir: Path
-    twins: list[Workers] = field(default_factory=list)
+    twins: list[ChaosWorkers] = field(default_factory=list)
 
     @property
     def redis(self) -> Any:
@@ -73,13 +73,13 @@ class Faults:
     def start(self, *ids: str, **opts: Any) -> None:
         for wid in ids:
             self.workers.start(wid, **opts)
-        self.workers.wait_ready(self.app, *ids)
+        self.workers.wait_ready(*ids)
 
-    def twin(self) -> Workers:
+    def twin(self) -> ChaosWorkers:
         """More workers on the same Redis and namespace: to start a second process
         under an id that ``workers`` runs already."""
         self.twins.append(
-            Workers(
+            ChaosWorkers(
                 self.workers.url,
                 self.workers.namespace,
                 self.dir / f"twin-{len(self.twins)}-logs",
@@ -191,7 +191,7 @@ def make_faults(tmp_path: Path) -> Iterator[Callable[[RedisServer], Faults]]:
     def make(on: RedisServer) -> Faults:
         folder = tmp_path / f"f{len(made)}"
         folder.mkdir()
-        workers = Workers(
+        workers = ChaosWorkers(
             on.url,
             f"faults-{uuid.uuid4().hex[:8]}",
             folder / "logs",
@@ -210,7 +210,7 @@ def make_faults(tmp_path: Path) -> Iterator[Callable[[RedisServer], Faults]]:
             print(f"exit codes at teardown: {codes}")
             for life in pool.lives:
                 print(f"--- {life.log} (pid {life.pid}, signals {life.signals})")
-                print(life.text()[-8000:])
+                print(life.output()[-8000:])
 
 
 @pytest.fixture
@@ -243,7 +243,7 @@ def test_a_worker_paused_past_its_ttl_rejoins_and_loses_nothing_it_claims_after(
     during = f.mix(120, sleep=0.05)  # waiting in the queue as it wakes
     f.workers.signal("w1", signal.SIGCONT)
     wait_until(lambda: "rejoining" in f.log("w1"), DEADLINE, "w1 to rejoin")
-    f.workers.wait_ready(f.app, "w1")
+    f.workers.wait_ready("w1")
     after = f.mix(60, sleep=0.05)
     refs = before + during + after
     f.wait_finished(refs)
@@ -338,7 +338,7 @@ def test_workers_with_skewed_clocks_are_judged_by_redis_time(f: Faults) -> None:
     f.workers.start("behind", env=faked_clock("-11s"))
     f.workers.start("ahead", env=faked_clock("+11s"))
     f.workers.start("w1")
-    f.workers.wait_ready(f.app, "behind", "ahead", "w1")
+    f.workers.wait_ready("behind", "ahead", "w1")
     # The fault is there: their clocks are 11 s off Redis's, and twice the ttl off
     # each other's.
     assert log_clock_offset(f, "behind") < -8
@@ -509,7 +509,7 @@ def test_a_worker_past_max_hung_steps_drains_and_exits_1(f: Faults) -> None:
         assert failed.value.error_type == "StepTimeout"
     # The worker stops as it abandons the third, before it records its StepTimeout.
     life = f.workers.current["w1"]
-    assert "hung past their timeout" in life.text()
+    assert "hung past their timeout" in life.output()
     release(f.dir, busy.run_id, "job")
 
     assert life.proc.wait(DEADLINE) == 1
@@ -556,9 +556,9 @@ def test_a_second_process_with_a_live_worker_id_waits_then_exits_1(f: Faults) ->
     wait_until(lambda: held(f.dir, refs[1].run_id, "job", 1), DEADLINE, "job held")
     second = f.twin().start("w1")
     assert second.proc.wait(DEADLINE) == 1
-    lines = second.text().splitlines()
+    lines = second.output().splitlines()
     assert f"rstick: worker id w1 is in use by pid {first} on {socket.gethostname()}" in lines
-    assert "Traceback" not in second.text()
+    assert "Traceback" not in second.output()
     assert any("waiting for it to lapse" in line for line in lines)  # it waited first
 
     for ref in refs:
@@ -581,7 +581,7 @@ def test_a_worker_restarted_at_once_after_a_crash_takes_its_id_and_hard_runs_bac
     f.start("w2")  # a peer that could take what is not w1's to give
     f.workers.kill("w1")
     f.workers.start("w1")  # at once: the dead process's heartbeat has not lapsed yet
-    f.workers.wait_ready(f.app, "w1")
+    f.workers.wait_ready("w1")
 
     assert "waiting for it to lapse" in f.log("w1")
     for ref in refs:
@@ -609,7 +609,7 @@ def test_a_paused_worker_whose_id_was_taken_over_stops_without_handing_off(f: Fa
     )
     others = f.twin()
     new = others.start("w1", concurrency=8)
-    others.wait_ready(f.app, "w1")
+    others.wait_ready("w1")
     taken_at = f.now_ms() / 1000
     # As the old process wakes, the new one runs steps of its own and more wait.
     gated = [f.enqueue("job", hold=["job:1"]) for _ in range(4)]
@@ -621,7 +621,7 @@ def test_a_paused_worker_whose_id_was_taken_over_stops_without_handing_off(f: Fa
     assert old.proc.wait(DEADLINE) == 1
     for ref in gated:
         release(f.dir, ref.run_id, "job")
-    lines = old.text().splitlines()
+    lines = old.output().splitlines()
     assert any(
         f"was taken over by pid {new.pid} on {socket.gethostname()}" in line
         and "stopping without handing off" in line
@@ -756,4 +756,4 @@ def test_workers_and_clients_go_on_after_redis_restarts_empty(own: Faults) -> No
     for wid, pid in pids.items():
         assert f.workers.current[wid].pid == pid and f.workers.current[wid].proc.poll() is None
         assert "declared dead" not in f.log(wid)
-    f.workers.wait_ready(f.app, "w1", "w2")
+    f.workers.wait_ready("w1", "w2")

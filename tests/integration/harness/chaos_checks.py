@@ -31,8 +31,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from rstick.testing.processes import WorkerProcess
+
 from . import chaos_app
-from .chaos_harness import APP, Life, StepLine
+from .chaos_harness import APP, StepLine
 from .chaos_storm import GARBAGE, PARTIAL_ID, Exit, Outcome, Pause
 
 GARBAGE_REASONS = {"malformed entry: needs fields r, s, a, e, w"}
@@ -62,7 +64,7 @@ class Liveness:
     SIGSTOP until the storm saw it beating again)."""
 
     def __init__(self, o: Outcome) -> None:
-        self.lives: dict[str, list[Life]] = defaultdict(list)
+        self.lives: dict[str, list[WorkerProcess]] = defaultdict(list)
         for life in o.lives:
             self.lives[life.worker_id].append(life)
         self.long_pauses: dict[tuple[str, int], list[Pause]] = defaultdict(list)
@@ -73,12 +75,12 @@ class Liveness:
     def up(self, worker: str, at: float) -> bool:
         return any(self._life_up(x, at) for x in self.lives[worker])
 
-    def _life_up(self, x: Life, at: float) -> bool:
+    def _life_up(self, x: WorkerProcess, at: float) -> bool:
         # What a starting worker does before it logs "started" (take back what its
         # previous process held) can carry the same millisecond.
         if x.ready_at is None or x.ready_at >= at:
             return False
-        if x.killed_at is not None and x.killed_at <= at:
+        if x.ended_at is not None and x.ended_at <= at:
             return False
         if x.stopping_at is not None and x.stopping_at <= at:
             return False
@@ -90,7 +92,7 @@ class Liveness:
     def away_before(self, worker: str, at: float) -> bool:
         """Whether the worker went away (killed, stopped, paused past its ttl) before ``at``."""
         for x in self.lives[worker]:
-            if x.killed_at is not None and x.killed_at <= at:
+            if x.ended_at is not None and x.ended_at <= at:
                 return True
             if x.stopping_at is not None and x.stopping_at <= at:
                 return True
@@ -217,8 +219,8 @@ def _worker_problems(o: Outcome, live: Liveness) -> list[Problem]:
         out += _left_behind(o, live, st)
     for ex in o.exits:
         life = next(x for x in o.lives if (x.worker_id, x.n) == (ex.worker_id, ex.n))
-        if "hung past their timeout" not in life.text():
-            tail = "\n".join(life.text().splitlines()[-5:])
+        if "hung past their timeout" not in life.output():
+            tail = "\n".join(life.output().splitlines()[-5:])
             out.append(Problem(f"{ex.worker_id} exited by itself with {ex.code}:\n{tail}"))
         elif ex.code != 1:  # so that its supervisor starts it again
             out.append(Problem(f"{ex.worker_id} stopped for its hung steps with {ex.code}, not 1"))
@@ -259,7 +261,7 @@ def _hung_count_problems(o: Outcome) -> list[Problem]:
     for life in o.lives:
         running: list[float] = []  # when the steps it abandoned so far ended
         over = False
-        for line in life.text().splitlines():
+        for line in life.output().splitlines():
             found = HUNG_LINE.search(line)
             at = life.line_time(line)
             if not found or at is None:
@@ -277,7 +279,7 @@ def _hung_count_problems(o: Outcome) -> list[Problem]:
                     )
                 )
             over = over or logged > limit
-        if over and "hung past their timeout" not in life.text():
+        if over and "hung past their timeout" not in life.output():
             out.append(Problem(f"{life.worker_id} (pid {life.pid}) went past its hung limit"))
     return out
 
@@ -415,10 +417,10 @@ def _hard_problems(o: Outcome, run_id: str, executed: set[str], live: Liveness) 
     # A worker killed while holding the run, never to return under its id: the run failed.
     end = run.finished_at or float("inf")
     for life in live.lives[owner]:
-        if life.killed_at and pinned_at < life.killed_at < end:
-            returned = any(x.spawned_at > life.killed_at for x in live.lives[owner])
+        if life.ended_at and pinned_at < life.ended_at < end:
+            returned = any(x.spawned_at > life.ended_at for x in live.lives[owner])
             if not returned and run.status != "failed":
-                out.append(f"{owner} never came back after {life.killed_at}, yet {run.status}")
+                out.append(f"{owner} never came back after {life.ended_at}, yet {run.status}")
     return out
 
 

@@ -47,18 +47,10 @@ from rstick.codec import unpack
 from rstick.embedded import RedisServer
 from rstick.keys import GROUP
 from rstick.outage import is_outage
+from rstick.testing.processes import WorkerProcess, wait_until
 
 from . import chaos_app, chaos_partial
-from .chaos_harness import (
-    APP,
-    Life,
-    StepLine,
-    Workers,
-    durable_redis,
-    outage,
-    step_lines,
-    wait_until,
-)
+from .chaos_harness import APP, ChaosWorkers, StepLine, durable_redis, outage, step_lines
 
 MIX = ("Soft3", "Hard3", "Plain3")
 PARTIAL_APP = "tests.integration.harness.chaos_partial:app"
@@ -177,7 +169,7 @@ class Outcome:
     history: dict[str, list[dict[str, Any]]]
     outputs: dict[str, dict[str, Any]]
     lines: list[StepLine]
-    lives: list[Life]
+    lives: list[WorkerProcess]
     kills: list[Kill]
     redis_restarts: list[float]
     dead_letters: list[dict[str, Any]]
@@ -233,7 +225,7 @@ class Storm:
     def run(self) -> Outcome:
         started = time.monotonic()
         server = durable_redis()
-        workers = Workers(
+        workers = ChaosWorkers(
             server.url,
             self.namespace,
             self.folder / "logs",
@@ -245,7 +237,7 @@ class Storm:
         try:
             for wid in self._all_ids():
                 self._start(workers, wid)
-            workers.wait_ready(app)
+            workers.wait_ready()
             plan, hangs = self._plan()
             self.say(f"seed {self.seed}: {len(plan) + len(hangs)} runs, {self._who()}")
             self._storm(server, workers, app, plan, hangs)
@@ -270,7 +262,7 @@ class Storm:
     def _all_ids(self) -> list[str]:
         return [*self.slots.values(), *([PARTIAL_ID] if self.config.partial else [])]
 
-    def _start(self, workers: Workers, wid: str) -> Life:
+    def _start(self, workers: ChaosWorkers, wid: str) -> WorkerProcess:
         if wid == PARTIAL_ID:
             return workers.start(wid, app=PARTIAL_APP)
         return workers.start(wid, app=APP, skew=self.config.skew if wid in self.skewed else None)
@@ -310,7 +302,7 @@ class Storm:
         return {"dir": str(steps), "sleep": dict.fromkeys(hung, self.config.hang_for)}
 
     def _storm(
-        self, server: RedisServer, workers: Workers, app: Any, plan: Plan, hangs: Plan
+        self, server: RedisServer, workers: ChaosWorkers, app: Any, plan: Plan, hangs: Plan
     ) -> None:
         cfg = self.config
         t0 = time.monotonic()
@@ -400,18 +392,18 @@ class Storm:
 
     # -- worker faults -----------------------------------------------------------
 
-    def _up(self, workers: Workers) -> list[str]:
+    def _up(self, workers: ChaosWorkers) -> list[str]:
         """Running workers that are not paused, nor back from a pause but not yet seen
         beating (a worker killed then would never show how it rejoins)."""
         paused = {p.worker_id for p in self.pauses if not (p.rejoined_at or p.ended_at)}
         return [w for w in workers.running() if w not in paused]
 
-    def _victims(self, workers: Workers) -> list[str]:
+    def _victims(self, workers: ChaosWorkers) -> list[str]:
         up = self._up(workers)
         full = [w for w in up if w != PARTIAL_ID]
         return [w for w in up if w == PARTIAL_ID or len(full) > self.config.min_alive]
 
-    def _kill(self, workers: Workers) -> Kill | None:
+    def _kill(self, workers: ChaosWorkers) -> Kill | None:
         victims = self._victims(workers)
         if not victims:
             return None
@@ -438,36 +430,36 @@ class Storm:
                     self.skewed.add(self.slots[slot])
             back_as = self.slots[slot]
         life = workers.kill(victim)
-        assert life.killed_at is not None
+        assert life.ended_at is not None
         self._ended(life)
-        kill = Kill(victim, life.killed_at, life.killed_at + down, back_as)
+        kill = Kill(victim, life.ended_at, life.ended_at + down, back_as)
         self.kills.append(kill)
         self.say(f"killed {victim}; back in {down:.1f}s as {kill.back_as}")
         return kill
 
-    def _bring_back(self, workers: Workers) -> None:
+    def _bring_back(self, workers: ChaosWorkers) -> None:
         for kill in [k for k in self.pending_back if k.back_at <= time.time()]:
             if self.gap_until is not None and kill.back_as != PARTIAL_ID:
                 continue  # only workers without the code are up during the gap
             self.pending_back.remove(kill)
             self._start(workers, kill.back_as)
 
-    def _supervise(self, workers: Workers) -> None:
+    def _supervise(self, workers: ChaosWorkers) -> None:
         """Start again, at once, a worker that stopped by itself (too many hung steps)."""
         for life in workers.exited():
-            assert life.exited is not None and life.killed_at is not None
-            self.exits.append(Exit(life.worker_id, life.n, life.exited, life.killed_at))
-            self.say(f"{life.worker_id} exited by itself ({life.exited}): starting it again")
+            assert life.exit_code is not None and life.ended_at is not None
+            self.exits.append(Exit(life.worker_id, life.n, life.exit_code, life.ended_at))
+            self.say(f"{life.worker_id} exited by itself ({life.exit_code}): starting it again")
             self._ended(life)
             self._start(workers, life.worker_id)
 
-    def _ended(self, life: Life) -> None:
+    def _ended(self, life: WorkerProcess) -> None:
         """A process is gone: its pauses not yet seen to end with a beat end here."""
         for pause in self.pauses:
             if (pause.worker_id, pause.n) == (life.worker_id, life.n) and not pause.rejoined_at:
-                pause.ended_at = life.killed_at
+                pause.ended_at = life.ended_at
 
-    def _pause(self, workers: Workers) -> None:
+    def _pause(self, workers: ChaosWorkers) -> None:
         # Only a worker that has started: one paused while it starts up has no
         # heartbeat to miss yet.
         victims = [w for w in self._victims(workers) if workers.current[w].ready_at]
@@ -482,11 +474,11 @@ class Storm:
         self.pauses.append(Pause(victim, life.n, time.time(), length, long, until_reaped=n == 0))
         self.say(f"paused {victim} for {length:.2f}s ({'past' if long else 'within'} its ttl)")
 
-    def _resume(self, workers: Workers, pause: Pause) -> None:
+    def _resume(self, workers: ChaosWorkers, pause: Pause) -> None:
         workers.resume(pause.worker_id)
         pause.resumed_at = time.time()
 
-    def _watch_pauses(self, workers: Workers, app: Any) -> None:
+    def _watch_pauses(self, workers: ChaosWorkers, app: Any) -> None:
         """SIGCONT the pauses that are over; note when each paused worker beats again."""
         for pause in self.pauses:
             over = time.time() >= pause.stopped_at + pause.length
@@ -521,14 +513,14 @@ class Storm:
 
     # -- the code gap ------------------------------------------------------------
 
-    def _may_open_gap(self, workers: Workers) -> bool:
+    def _may_open_gap(self, workers: ChaosWorkers) -> bool:
         """p1 is up, nobody is paused, and every worker to stop has started (and so
         handles SIGTERM: before that, the signal kills the process)."""
         up = self._up(workers)
         started = all(workers.current[w].ready_at for w in up)
         return PARTIAL_ID in up and len(up) == len(workers.running()) and started
 
-    def _open_gap(self, workers: Workers) -> None:
+    def _open_gap(self, workers: ChaosWorkers) -> None:
         """Stop every worker with the full code (SIGTERM, as a deploy does: each hands
         its SOFT runs back and leaves); once they are all gone, only p1, which lacks
         some workflows, is up for ``code_gap`` seconds; then they come back together."""
@@ -541,16 +533,16 @@ class Storm:
             workers.current[wid].proc.wait(self.config.settle)
             life = workers.forget(wid)
             self._ended(life)
-            assert life.killed_at is not None and life.proc.returncode is not None
-            self.stops.append(Exit(wid, life.n, life.proc.returncode, life.killed_at))
+            assert life.ended_at is not None and life.proc.returncode is not None
+            self.stops.append(Exit(wid, life.n, life.proc.returncode, life.ended_at))
             stopped.append(life)
         start = time.time()
         self.gap_until = start + self.config.code_gap
         self.code_gaps.append((start, self.gap_until))
         self.say(f"code gap: only {PARTIAL_ID} is up for {self.config.code_gap}s")
         for life in stopped:
-            assert life.killed_at is not None
-            kill = Kill(life.worker_id, life.killed_at, self.gap_until, life.worker_id, gap=True)
+            assert life.ended_at is not None
+            kill = Kill(life.worker_id, life.ended_at, self.gap_until, life.worker_id, gap=True)
             self.kills.append(kill)
             self.pending_back.append(kill)
         for kill in self.pending_back:
@@ -604,8 +596,8 @@ class Storm:
 
     # -- after the storm -------------------------------------------------------------
 
-    def _settle(self, workers: Workers, app: Any, plan: Plan) -> None:
-        workers.wait_ready(app, timeout=60)
+    def _settle(self, workers: ChaosWorkers, app: Any, plan: Plan) -> None:
+        workers.wait_ready(timeout=60)
         ids = [run_id for run_id, _, _ in plan]
 
         def finished() -> bool:
@@ -641,7 +633,7 @@ class Storm:
 
     # -- reading the outcome ----------------------------------------------------
 
-    def _collect(self, workers: Workers, app: Any, plan: Plan) -> Outcome:
+    def _collect(self, workers: ChaosWorkers, app: Any, plan: Plan) -> Outcome:
         r, keys = app.client.redis, app.keys
         runs = {run_id: app.get_run(run_id) for run_id, _, _ in plan}
         history = {run_id: app.client.history(run_id) for run_id in runs}
@@ -676,7 +668,7 @@ class Storm:
             delayed=r.zcard(keys.delayed),
             alive=workers.running(),
             lingering=lingering,
-            worker_logs={f"{life.worker_id}.{life.n}": life.text() for life in workers.lives},
+            worker_logs={f"{life.worker_id}.{life.n}": life.output() for life in workers.lives},
             notes=list(self.notes),
             inputs={run_id: data for run_id, _, data in plan},
             pauses=list(self.pauses),

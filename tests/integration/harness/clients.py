@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 from rstick import Rstick
-from tests.integration.harness.procs import wait_for
+from rstick.testing.processes import wait_until
 
 SETTLE = 10.0  # seconds Redis may take to see a closed socket go
 
@@ -41,7 +41,7 @@ def connections(url: str, name: str) -> int:
 def settled(url: str, name: str, count: int) -> int:
     """Wait until Redis has dropped the sockets closed before this call: a closed
     socket may outlive the close by one turn of its event loop."""
-    wait_for(lambda: connections(url, name) <= count, SETTLE, f"at most {count} connections")
+    wait_until(lambda: connections(url, name) <= count, SETTLE, f"at most {count} connections")
     return connections(url, name)
 
 
