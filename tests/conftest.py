@@ -9,9 +9,9 @@ from typing import Any
 
 import fakeredis
 import pytest
-from clock import FakeClock
 
 from rstick import Rstick
+from rstick.testing.clock import FakeClock
 
 _namespaces = itertools.count()
 

@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import pytest
-from clock import FakeClock
 from drive import run, run_until_idle, sibling, stop_beating
 
 from rstick import (
@@ -24,6 +23,7 @@ from rstick import (
     Worker,
 )
 from rstick.reaper import Reaper
+from rstick.testing.clock import FakeClock
 
 
 def define(app: Rstick) -> None:

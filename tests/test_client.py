@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from clock import FakeClock
 from drive import drain, run, run_until_idle, started
 
 from rstick import (
@@ -23,6 +22,7 @@ from rstick import (
     UnknownWorkflow,
     Worker,
 )
+from rstick.testing.clock import FakeClock
 
 
 def define(app: Rstick) -> None:

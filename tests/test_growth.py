@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from clock import FakeClock
 from drive import drain, run, started
 
 from rstick import Context, Rstick, RunFailed, StickyStrategy
 from rstick.orphans import ORPHAN_SWEEP_SECONDS
 from rstick.reap_report import ReapReport
 from rstick.reaper import Reaper
+from rstick.testing.clock import FakeClock
 
 
 def define(app: Rstick) -> None:

@@ -7,13 +7,13 @@ import asyncio
 from typing import Any
 
 import pytest
-from clock import FakeClock
 from drive import drain, run, sibling, started
 
 from rstick import Context, Rstick, StickyStrategy, Worker
 from rstick.errors import WorkerIdInUse
 from rstick.membership import Membership
 from rstick.reaper import Reaper
+from rstick.testing.clock import FakeClock
 
 
 def define(app: Rstick) -> asyncio.Event:

@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from clock import FakeClock
 from drive import drain, run, sibling, started
 
 from rstick import Context, Rstick, RunFailed, StickyStrategy, Worker
 from rstick.reaper import Reaper
+from rstick.testing.clock import FakeClock
 
 
 def define_billing(app: Rstick, sticky: StickyStrategy = StickyStrategy.NONE) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from clock import FakeClock
 from drive import drain, run, sibling, started, stop_beating
 
 from rstick import Context, Rstick, StickyStrategy
@@ -16,6 +15,7 @@ from rstick.orphans import ORPHAN_SWEEP_SECONDS
 from rstick.protocol import CHILD_LINK, ENTRY_FIELDS, Claim, Outcome, RunField, StepField
 from rstick.reap_report import ReapReport
 from rstick.reaper import Reaper
+from rstick.testing.clock import FakeClock
 
 
 def define(app: Rstick) -> None:

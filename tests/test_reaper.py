@@ -8,7 +8,6 @@ from typing import Any, TypeVar
 
 import msgpack
 import pytest
-from clock import FakeClock
 from drive import stop_beating
 from redis.exceptions import OutOfMemoryError
 
@@ -17,6 +16,7 @@ from rstick.keys import GROUP
 from rstick.protocol import Claim, Outcome
 from rstick.reap_report import ReapReport
 from rstick.reaper import Reaper
+from rstick.testing.clock import FakeClock
 
 T = TypeVar("T")
 

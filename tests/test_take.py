@@ -8,10 +8,10 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
-from clock import FakeClock
 
 from rstick import Context, Rstick, StickyStrategy, Worker
 from rstick.keys import GROUP
+from rstick.testing.clock import FakeClock
 
 T = TypeVar("T")
 

@@ -8,7 +8,6 @@ import threading
 from typing import Any
 
 import pytest
-from clock import FakeClock
 from drive import drain, outputs, run, run_until_idle, started
 
 from rstick import (
@@ -23,6 +22,7 @@ from rstick import (
 )
 from rstick.keys import GROUP
 from rstick.reaper import Reaper
+from rstick.testing.clock import FakeClock
 
 LATER = 10_000  # seconds: far enough ahead that every backoff here is due
 
