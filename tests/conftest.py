@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,26 +11,21 @@ import pytest
 
 from rstick import Rstick
 from rstick.testing.clock import FakeClock
+from rstick.testing.local import on_fake_server
 
 _namespaces = itertools.count()
 
 
 def _on(server: Any, namespace: str) -> Rstick:
     """An app whose sync and async clients both talk to ``server``."""
-    app = Rstick(redis_url="redis://fake", namespace=namespace)
-    app.client.use(
-        sync=fakeredis.FakeRedis(server=server),
-        aio=fakeredis.FakeAsyncRedis(server=server),
-    )
-    return app
+    return on_fake_server(Rstick(redis_url="redis://fake", namespace=namespace), server)
 
 
 @pytest.fixture(autouse=True)
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    """fakeredis's clock, which moves only when the test says (see clock.py)."""
-    fake = FakeClock(float(int(time.time())))
-    fake.install(monkeypatch)
-    return fake
+def clock(rstick_clock: FakeClock) -> FakeClock:
+    """fakeredis's clock, which moves only when the test says: the pytest plugin's
+    ``rstick_clock`` (rstick/testing/clock.py)."""
+    return rstick_clock
 
 
 @pytest.fixture

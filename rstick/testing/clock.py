@@ -10,9 +10,10 @@ and key expiry all agree.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytest
+if TYPE_CHECKING:
+    import pytest
 
 # The fakeredis modules that read the wall clock: TIME, stream ids, expiry.
 _MODULES = (

