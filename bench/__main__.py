@@ -1,9 +1,8 @@
 """``python -m bench [WORKLOAD ...] [--quick] [--reps N] [--json] [--json-file PATH]``
 
-Workloads: enqueue, drain, sticky, latency, growth (per-step cost with few and
-many runs waiting), memory (a worker's RSS over many jobs), commands (Redis
-commands and round trips per step). Default: all of them. Progress goes to
-stderr; the table (or, with ``--json``, the JSON) to stdout.
+rstick's figures beside raw Redis doing the same traffic, in the same run.
+``--help`` lists the workloads (default: all of them). Progress goes to stderr;
+the table (or, with ``--json``, the JSON) to stdout.
 """
 
 from __future__ import annotations
@@ -23,13 +22,26 @@ from .report import Row, header, machine, table
 from .workloads import QUICK, WORKLOADS, Bench, Sizes, say
 
 
+def first_line(doc: str | None) -> str:
+    return (doc or "").strip().split("\n")[0]
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[2])
+    width = max(map(len, WORKLOADS))
+    listed = "\n".join(
+        f"  {name:<{width}}  {first_line(fn.__doc__)}" for name, fn in WORKLOADS.items()
+    )
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__.split("\n")[2],
+        epilog=f"workloads (default: all, memory last):\n{listed}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
         "workloads",
         nargs="*",
         metavar="WORKLOAD",
-        help=f"any of {', '.join(WORKLOADS)} (default: all)",
+        help="workloads to run, of those below (default: all)",
     )
     p.add_argument("--quick", action="store_true", help="small sizes: about a minute in all")
     p.add_argument("--reps", type=int, default=3, help="repetitions per figure (default 3)")

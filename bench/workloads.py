@@ -217,6 +217,7 @@ def repeat(b: Bench, what: str, fn: Callable[[], Any]) -> list[Any]:
 
 
 def enqueue(b: Bench) -> list[Row]:
+    """Jobs/s enqueued one at a time and in bulk (enqueue_many), beside XADD."""
     s = b.sizes
 
     def one() -> float:
@@ -261,6 +262,7 @@ def enqueue(b: Bench) -> list[Row]:
 
 
 def drain(b: Bench) -> list[Row]:
+    """Jobs/s of one worker draining no-op jobs, beside a raw consumer."""
     n = b.sizes.drain
     ms = repeat(b, "drain", lambda: b.drain("noop", n))
     b.details["drain"] = [measure_json(m) for m in ms]
@@ -293,6 +295,7 @@ def drain(b: Bench) -> list[Row]:
 
 
 def sticky(b: Bench) -> list[Row]:
+    """Runs/s of a->b->c SOFT chains on 1 and 4 worker processes."""
     n = b.sizes.sticky
     rows = []
     raws = repeat(b, "raw chain", lambda: raw.chain(b.r, n))
@@ -386,6 +389,7 @@ def _latencies(b: Bench, task: str, n: int) -> Latencies:
 
 
 def latency(b: Bench) -> list[Row]:
+    """Enqueue-to-start p50/p99 on an idle worker; its round trips per job."""
     n = b.sizes.latency
     rows = []
     raws = repeat(b, "raw latency", lambda: sorted(raw.latency(b.url, n)))
@@ -435,6 +439,7 @@ def latency(b: Bench) -> list[Row]:
 
 
 def growth(b: Bench) -> list[Row]:
+    """Wall time per job with 100 and 100,000 runs waiting."""
     s = b.sizes
     rows = []
     for waiting in s.growth_waiting:
@@ -468,7 +473,9 @@ def growth(b: Bench) -> list[Row]:
 
 
 def memory(b: Bench) -> list[Row]:
-    """One worker fed jobs until ``memory_jobs`` are done; its RSS at checkpoints."""
+    """A worker's RSS over many jobs (--memory-jobs: a million by default).
+
+    One worker fed jobs until ``memory_jobs`` are done; its RSS at checkpoints."""
     total = b.sizes.memory_jobs
     checkpoints = sorted(
         {c for c in (1_000, 10_000, 100_000, 250_000, 500_000, 750_000) if c < total}
@@ -547,6 +554,7 @@ def memory(b: Bench) -> list[Row]:
 
 
 def commands(b: Bench) -> list[Row]:
+    """Redis commands (scripts' too) and round trips per job and sticky step."""
     n = b.sizes.commands
     rows = []
     for label, wf, count in (("no-op job", "noop", n), ("sticky step", "Chain", n // 3)):
