@@ -18,8 +18,9 @@ from typing import Any
 
 from rstick.embedded import RedisServer
 
+from .harness import say
 from .report import Row, header, machine, table
-from .workloads import QUICK, WORKLOADS, Bench, Sizes, say
+from .workloads import QUICK, WORKLOADS, Bench, Sizes
 
 
 def first_line(doc: str | None) -> str:

@@ -10,10 +10,10 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -23,8 +23,24 @@ from rstick.testing.processes import WorkerProcesses
 from . import apps
 from .workerproc import GO, READY, STATS_DIR, stats_path
 
+if TYPE_CHECKING:
+    from .workloads import Bench
+
 ROOT = Path(__file__).resolve().parents[1]  # the repo: bench/harness.py
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def repeat(b: Bench, what: str, fn: Callable[[], Any]) -> list[Any]:
+    out = []
+    for i in range(b.reps):
+        t = time.perf_counter()
+        out.append(fn())
+        say(f"  {what}: repetition {i + 1}/{b.reps} in {time.perf_counter() - t:.1f}s")
+    return out
 
 
 def summary(samples: list[float]) -> dict[str, float]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ from .harness import (
     percentile,
     proc_rss_kb,
     read_runs,
+    repeat,
+    say,
     span,
 )
 from .report import Row
@@ -57,10 +58,6 @@ QUICK = Sizes(
 
 class BenchError(RuntimeError):
     """A workload's result failed its own check (a run did not succeed, ...)."""
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -202,15 +199,6 @@ def slowlog_by_script(entries: list[dict[str, Any]]) -> dict[str, Any]:
         k: {"calls": len(v), "usec_total": sum(v), "usec_per_call": sum(v) / len(v)}
         for k, v in sorted(acc.items(), key=lambda kv: -sum(kv[1]))
     }
-
-
-def repeat(b: Bench, what: str, fn: Callable[[], Any]) -> list[Any]:
-    out = []
-    for i in range(b.reps):
-        t = time.perf_counter()
-        out.append(fn())
-        say(f"  {what}: repetition {i + 1}/{b.reps} in {time.perf_counter() - t:.1f}s")
-    return out
 
 
 # -- 1. enqueue ------------------------------------------------------------
