@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import time
 
+import redis.asyncio as aioredis
+
 from rstick import Context, Rstick, StickyStrategy
 
 NAMESPACE = "bench"
+PEER_LATENCIES = "bench:peer:latencies"  # the huey row's latencies, both sides (peer.py)
+PEER_COUNTER = "bench:peer:count"
 
 
 def build(url: str | None, retention: float = 86400.0) -> Rstick:
@@ -25,6 +29,18 @@ def build(url: str | None, retention: float = 86400.0) -> Rstick:
     @app.task
     def stamp_sync(ctx: Context) -> float:
         return time.time()
+
+    peer_redis: dict[str, aioredis.Redis] = {}  # one client in the worker process
+
+    @app.task
+    async def stamp_incr(ctx: Context, t: float) -> None:
+        # The huey row (peer.py): the latency first, then one INCR, as huey's task does.
+        late = time.time() - t
+        r = peer_redis.get("r")
+        if r is None:
+            r = peer_redis["r"] = aioredis.Redis.from_url(str(ctx.worker.app.redis_url))
+        await r.incr(PEER_COUNTER)
+        await r.rpush(PEER_LATENCIES, late)
 
     @app.workflow(sticky=StickyStrategy.SOFT)
     class Chain:

@@ -16,7 +16,8 @@ from .harness import ROOT, summary
 
 @dataclass
 class Row:
-    """One figure: rstick's samples (one per repetition) and the raw baseline's."""
+    """One figure: rstick's samples (one per repetition), the raw baseline's, and a
+    peer's (another job queue doing the same, named in the note)."""
 
     workload: str
     metric: str
@@ -24,11 +25,13 @@ class Row:
     rstick: list[float]
     raw: list[float] = field(default_factory=list)
     note: str = ""
+    peer: list[float] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["rstick_summary"] = summary(self.rstick) if self.rstick else None
         d["raw_summary"] = summary(self.raw) if self.raw else None
+        d["peer_summary"] = summary(self.peer) if self.peer else None
         return d
 
 
@@ -59,6 +62,10 @@ def _cell(samples: list[float]) -> str:
 def table(rows: list[Row]) -> str:
     head = ["workload", "metric", "rstick median [min-max]", "raw Redis median [min-max]", "unit"]
     body = [[r.workload, r.metric, _cell(r.rstick), _cell(r.raw), r.unit] for r in rows]
+    if any(r.peer for r in rows):  # the huey row: a column of its own
+        head.insert(4, "peer median [min-max]")
+        for cells, r in zip(body, rows, strict=True):
+            cells.insert(4, _cell(r.peer))
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))

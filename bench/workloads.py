@@ -26,6 +26,7 @@ from .harness import (
     say,
     span,
 )
+from .peer import huey
 from .report import Row
 
 
@@ -37,6 +38,7 @@ class Sizes:
     drain: int = 10_000
     sticky: int = 2_000
     latency: int = 1_000
+    peer: int = 500  # jobs per side of the huey row
     growth_probe: int = 5_000
     growth_waiting: tuple[int, int] = (100, 100_000)
     memory_jobs: int = 1_000_000
@@ -49,6 +51,7 @@ QUICK = Sizes(
     drain=2_000,
     sticky=400,
     latency=200,
+    peer=100,
     growth_probe=1_000,
     growth_waiting=(100, 10_000),
     memory_jobs=20_000,
@@ -641,6 +644,7 @@ WORKLOADS: dict[str, Callable[[Bench], list[Row]]] = {
     "drain": drain,
     "sticky": sticky,
     "latency": latency,
+    "huey": huey,
     "growth": growth,
     "memory": memory,
     "commands": commands,
