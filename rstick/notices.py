@@ -124,6 +124,12 @@ def subscription_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     replies are plain lists), bytes, and no read timeout (it waits for notices)."""
     out = dict(kwargs)
     out.update(protocol=2, decode_responses=False, socket_timeout=None)
+    # redis-py 7+ turns maintenance notices on where it can; they need RESP3 or
+    # hiredis, so without hiredis this RESP2 connection would refuse to be made.
+    # A connection that only listens has no use for them.
+    for key in ("maint_notifications_config", "maint_notifications_pool_handler"):
+        if key in out:
+            out[key] = None
     if "socket_keepalive" in out or "host" in out:
         out["socket_keepalive"] = True  # a peer gone without a word is noticed, in time
     return out

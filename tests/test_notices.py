@@ -415,3 +415,22 @@ def numsub(app: Rstick, run_ids: list[str]) -> list[int]:
 async def anumsub(app: Rstick, run_ids: list[str]) -> list[int]:
     channels = [app.keys.done(r) for r in run_ids]
     return [n for _, n in await app.client.aredis.pubsub_numsub(*channels)]
+
+
+@pytest.mark.parametrize("side", ["sync", "async"])
+def test_the_listening_connection_is_made_without_hiredis(side: str) -> None:
+    """redis-py 7+ turns maintenance notices on by default, and they refuse the RESP2
+    pure-Python parser: the subscription must drop them, or every wait without
+    hiredis falls back to polling (5 s) after a traceback."""
+    import redis
+    import redis.asyncio as aredis
+    from redis._parsers import _AsyncRESP2Parser, _RESP2Parser
+
+    module: Any = redis if side == "sync" else aredis
+    parser = _RESP2Parser if side == "sync" else _AsyncRESP2Parser
+    pool_kwargs = module.Redis(host="127.0.0.1").connection_pool.connection_kwargs
+    kwargs = subscription_kwargs({**pool_kwargs, "parser_class": parser})
+
+    connection = module.Connection(**kwargs)  # raised RedisError before
+
+    assert connection.protocol in (2, "2")
