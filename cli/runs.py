@@ -182,11 +182,14 @@ def cancel(run_id: str, keep_children: bool, as_json: bool) -> None:
     (children, grandchildren...): queued steps are dropped, running ones finish
     and their results are ignored.
 
-    Exits 2 if there is no such run, 1 if it had already ended (its unfinished
-    descendants are cancelled all the same).
+    RUN_ID may be a unique prefix of the run's id. Exits 2 if there is no such run,
+    1 if it had already ended (its unfinished descendants are cancelled all the
+    same).
     """
+    client = current_app().client
+    run_id = resolve_run_id(client, run_id)
     try:
-        done = current_app().client.cancel(run_id, children=not keep_children)
+        done = client.cancel(run_id, children=not keep_children)
     except RunNotFound as exc:
         raise BadInput(str(exc)) from None
     descendants = [i for i in done.cancelled if i != run_id]

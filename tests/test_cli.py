@@ -345,6 +345,14 @@ def test_runs_cancel_cancels_the_run_and_its_unfinished_descendants(world: World
     assert again.stderr == f"rstick: run {run_id} already ended: cancelled\n"
 
 
+def test_runs_cancel_takes_a_unique_prefix_of_the_run_id(world: World) -> None:
+    run_id = run_id_of(world.invoke("enqueue", "Dag"))
+    result = world.invoke("runs", "cancel", run_id[:8])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"cancelled {run_id}\n"
+    assert world.app.get_run(run_id).status.value == "cancelled"
+
+
 def test_runs_cancel_json_and_keep_children(world: World) -> None:
     run_id = run_id_of(world.invoke("enqueue", "Dag"))
     child = world.app.client.enqueue("Boom", parent=(run_id, "a")).run_id
@@ -369,7 +377,7 @@ def test_runs_cancel_json_and_keep_children(world: World) -> None:
 def test_runs_cancel_of_an_unknown_run_is_exit_2(world: World) -> None:
     result = world.invoke("runs", "cancel", "nope")
     assert result.exit_code == 2
-    assert result.stderr == "rstick: run 'nope' not found\n"
+    assert result.stderr == "rstick: no run 'nope' (see `rstick runs list`)\n"
     finished = run_id_of(world.invoke("enqueue", "Boom"))
     world.serve()
     ended = world.invoke("runs", "cancel", finished)
