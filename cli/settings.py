@@ -54,10 +54,24 @@ def current_app() -> Rstick:
 
 
 def check_url(url: str) -> None:
-    if urlsplit(url).scheme not in SCHEMES:
+    """A Redis URL redis-py can read, else BadParameter (exit 2) saying what is wrong:
+    redis-py raises a bare ValueError for a bad port and reads a bad db as 0."""
+    parts = urlsplit(url)
+    problem = None
+    if parts.scheme not in SCHEMES:
+        problem = "is not a Redis URL (redis://, rediss:// or unix://)"
+    else:
+        try:
+            if parts.port == 0:  # redis-py would take it for 6379
+                raise ValueError
+        except ValueError:  # out of range, or not a number
+            problem = "has a bad port (a number from 1 to 65535)"
+        db = parts.path.strip("/")
+        if parts.scheme != "unix" and db and not db.isdigit():
+            problem = f"names database {db!r}: it must be a number (redis://host:6379/0)"
+    if problem:
         raise click.BadParameter(
-            f"{hide_password(url)!r} is not a Redis URL (redis://, rediss:// or unix://)",
-            param_hint="'--redis' / RSTICK_REDIS_URL",
+            f"{hide_password(url)!r} {problem}", param_hint="'--redis' / RSTICK_REDIS_URL"
         )
 
 

@@ -803,6 +803,27 @@ def test_a_url_that_is_not_redis_is_one_line_and_exit_2() -> None:
 
 
 @pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis://:pw@127.0.0.1:99999/0", "has a bad port (a number from 1 to 65535)"),
+        ("redis://127.0.0.1:abc/0", "has a bad port (a number from 1 to 65535)"),
+        ("redis://127.0.0.1:0/0", "has a bad port (a number from 1 to 65535)"),
+        ("redis://127.0.0.1:6379/abc", "names database 'abc': it must be a number"),
+    ],
+)
+@pytest.mark.parametrize("command", [["workers"], ["worker", "examples.sticky_dag:app"]])
+def test_a_bad_port_or_database_in_the_url_is_one_line_and_exit_2(
+    url: str, problem: str, command: list[str]
+) -> None:
+    result = CliRunner().invoke(cli, ["--redis", url, *command], prog_name="rstick")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("rstick: Invalid value for '--redis' / RSTICK_REDIS_URL: ")
+    assert problem in result.stderr
+    assert "pw" not in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
     ("error", "message"),
     [
         (
