@@ -74,12 +74,16 @@ class RstickGroup(click.Group):
         try:
             return super().make_context(info_name, args, parent, **extra)
         except click.UsageError as exc:  # the group's own options
+            if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+                raise  # a bare `rstick`: its help, whole
             raise _one_line(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:  # a command's arguments and options
+            if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+                raise  # a bare `rstick runs`: its help, whole
             raise _one_line(exc) from None
         except RedisError as exc:
             url = ctx.ensure_object(Settings).url

@@ -868,3 +868,12 @@ def test_ctrl_c_in_a_command_is_exit_130(world: World, monkeypatch: pytest.Monke
     result = world.invoke("workers")
     assert result.exit_code == 130
     assert result.stderr == "rstick: interrupted\n"
+
+
+@pytest.mark.parametrize("args", [[], ["runs"], ["dead"]])
+def test_a_group_without_a_command_shows_its_whole_help(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, args, prog_name="rstick")
+    assert result.exit_code == 2  # click's: no command is a usage error
+    assert result.stderr.startswith(f"Usage: {' '.join(['rstick', *args])} [OPTIONS] COMMAND")
+    assert "Commands:" in result.stderr
+    assert result.stderr.count("\n") > 5  # the help as click prints it, not one line
