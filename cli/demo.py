@@ -18,13 +18,16 @@ from pathlib import Path
 from types import ModuleType
 
 import click
+from redis.exceptions import RedisError
 
 from rstick.credentials import hide_password
 from rstick.defaults import REDIS_URL as DEFAULT_URL
-from rstick.embedded import RedisServer, RedisServerError, redis_available
+from rstick.embedded import RedisServer, RedisServerError, probe, redis_available
 
-from .errors import Fail
-from .settings import Settings
+from .errors import Fail, redis_failure
+from .settings import Settings, check_url
+
+GIVEN_REDIS_TIMEOUT = 2.0  # seconds the Redis the demo is given has to answer
 
 EXAMPLE = "examples.sticky_files.start"
 
@@ -47,6 +50,14 @@ def demo_redis(url: str | None) -> Iterator[tuple[str, str]]:
     """(url, where it comes from): the URL given, else a local Redis, else an embedded
     one that lives as long as the demo."""
     if url:
+        check_url(url)
+        client = probe(url, GIVEN_REDIS_TIMEOUT)
+        try:
+            client.ping()  # at once, rather than the workers' 30 s wait to register
+        except RedisError as exc:
+            raise Fail(redis_failure(url, exc) + " (from RSTICK_REDIS_URL / --redis)") from None
+        finally:
+            client.close()
         yield url, "from RSTICK_REDIS_URL / --redis"
     elif redis_available(DEFAULT_URL):
         yield DEFAULT_URL, "the local Redis"
@@ -107,7 +118,7 @@ def demo(ctx: click.Context, workers: int, runs: int, as_json: bool) -> None:
             progress = None if as_json else progress_printer(sys.stdout.isatty())
             report = example.run_example(url, workers=workers, runs=runs, progress=progress)
     except KeyboardInterrupt:
-        click.echo("\ninterrupted: workers stopped, files deleted", err=True)
+        click.echo("\nrstick: interrupted: workers stopped, files deleted", err=True)
         ctx.exit(130)
     except (TimeoutError, RuntimeError, RedisServerError) as exc:
         raise Fail(str(exc)) from None

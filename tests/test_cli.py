@@ -877,3 +877,19 @@ def test_a_group_without_a_command_shows_its_whole_help(args: list[str]) -> None
     assert result.stderr.startswith(f"Usage: {' '.join(['rstick', *args])} [OPTIONS] COMMAND")
     assert "Commands:" in result.stderr
     assert result.stderr.count("\n") > 5  # the help as click prints it, not one line
+
+
+def test_the_demo_given_a_redis_that_does_not_answer_says_so_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as s:  # a free port: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("RSTICK_REDIS_URL", f"redis://:pw@127.0.0.1:{port}/0")
+    result = CliRunner().invoke(cli, ["demo"], prog_name="rstick")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(
+        f"rstick: cannot reach Redis at redis://:***@127.0.0.1:{port}/0"
+    )
+    assert result.stderr.endswith(" (from RSTICK_REDIS_URL / --redis)\n")
+    assert result.stdout == ""  # no workers were started
