@@ -25,7 +25,7 @@ from .app import Rstick
 from .errors import WorkerIdInUse
 from .heartbeat import BeatResult, Heartbeat, result_of
 from .keys import GROUP
-from .protocol import text
+from .protocol import code_words, text
 from .reap_report import ReapReport
 
 if TYPE_CHECKING:
@@ -157,6 +157,7 @@ class Membership:
             "running": self._running(),
             "heartbeat": self.app.heartbeat,
             "workflows": " ".join(self.app.workflows),
+            "code": code_words(self.app.workflows.values()),  # with its steps (protocol.py)
         }
         args: list[Any] = [self.keys.prefix, self.worker_id, self.instance, self.ttl_ms]
         for field, value in record.items():

@@ -8,6 +8,9 @@ and not the other fails a test (tests/test_protocol.py) rather than a run.
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +23,7 @@ class RunField(enum.StrEnum):
     names; tests/test_protocol.py checks that nothing else ever appears there)."""
 
     WORKFLOW = "wf"
+    SHAPE = "shape"  # its workflow's steps and parents, hashed (shape_of): who may run it
     KIND = "kind"  # "task" or "workflow"
     STATUS = "status"  # RunStatus
     STICKY = "sticky"  # StickyStrategy
@@ -174,7 +178,8 @@ def enqueue_fields(wf: WorkflowDef, *, pinned: bool, retention: float) -> list[A
     now_roots = roots if pinned or not sticky else roots[:1]
     held = [] if pinned or not sticky else roots[1:]
     args: list[Any] = [len(now_roots), *now_roots]
-    args += [F.WORKFLOW, wf.name, F.KIND, "task" if wf.is_task else "workflow"]
+    args += [F.WORKFLOW, wf.name, F.SHAPE, shape_of(wf)]
+    args += [F.KIND, "task" if wf.is_task else "workflow"]
     args += [F.STATUS, "queued", F.STICKY, wf.sticky.value, F.QUEUE, wf.queue, F.EPOCH, "0"]
     args += [F.LEFT, len(wf.steps), F.SCHEDULE_TIMEOUT, wf.schedule_timeout]
     args += [F.RETENTION, int(retention)]
@@ -193,3 +198,22 @@ def enqueue_fields(wf: WorkflowDef, *, pinned: bool, retention: float) -> list[A
             args += [S.SCHEDULE_TIMEOUT.of(s.name), s.schedule_timeout]
     args += [F.STEPS, " ".join(wf.steps), F.HELD, " ".join(held)]
     return args
+
+
+def shape_of(wf: WorkflowDef) -> str:
+    """Its steps and their parents, hashed: two definitions of a workflow with the
+    same shape run each other's runs (a step's new body is fine); another shape
+    cannot (a worker completing a step names the steps it releases from its own
+    definition)."""
+    steps = sorted((s.name, sorted(s.parents)) for s in wf.steps.values())
+    return hashlib.sha1(json.dumps(steps).encode()).hexdigest()[:12]
+
+
+def code_words(workflows: Iterable[WorkflowDef]) -> str:
+    """What a worker has the code of, as take.lua, due.lua and reap_waiting.lua read it
+    (``has_code`` in lib.lua): " name name|shape ... ". A worker may have another
+    definition of a workflow than a run's (a rolling deploy that adds a step): it
+    takes only the runs of its own shape. ('|' is refused in names: the words
+    cannot collide.)"""
+    words = [w for wf in workflows for w in (wf.name, f"{wf.name}|{shape_of(wf)}")]
+    return " " + " ".join(words) + " "

@@ -44,7 +44,7 @@ from .outage import AUTH_ERRORS, describe_outage, is_outage
 from .plural import plural
 from .preflight import check_server_once
 from .process import serve
-from .protocol import Claim
+from .protocol import Claim, code_words
 from .reaper import Reaper
 from .scripts import Scripts
 from .steps import Job, StepResult, StepRunner
@@ -92,7 +92,7 @@ class Worker:
         self._wake = asyncio.Event()  # a slot freed, a beat came, or a stop: look again
         self.allow_eviction = allow_eviction  # start on an allkeys-* Redis (preflight.py)
         self.threads = StepThreads(f"rstick-{self._id}")
-        serves = " " + " ".join(app.workflows) + " "
+        serves = code_words(app.workflows.values())
         self.fetcher = Fetcher(
             app.client, self.keys, self._id, self.instance, self.queues, serves, app.dead_maxlen
         )

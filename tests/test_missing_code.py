@@ -219,3 +219,68 @@ def test_a_worker_with_the_code_on_other_queues_does_not_keep_a_run_waiting(
     run(scenario())
     with pytest.raises(RunFailed):
         ref.result(timeout=1)
+
+
+def define_old_billing(app: Rstick, sticky: StickyStrategy = StickyStrategy.NONE) -> None:
+    """Invoice as an older deploy has it: step a only (the new one added b)."""
+
+    @app.workflow(sticky=sticky, schedule_timeout=30, name="Invoice")
+    class OldInvoice:
+        @app.step()
+        def a(self, ctx: Context) -> str:
+            return ctx.worker.id()
+
+
+@pytest.mark.parametrize("sticky", [StickyStrategy.NONE, StickyStrategy.SOFT])
+def test_a_worker_runs_only_runs_made_with_its_own_definition_of_the_workflow(
+    app: Rstick, sticky: StickyStrategy
+) -> None:
+    """A rolling deploy that adds step b to Invoice: an old worker completing a would
+    release the steps its own definition names (none), and the run would hang."""
+    new, old = sibling(app), sibling(app)
+    define_billing(new, sticky)
+    define_old_billing(old, sticky)
+    new_runs = [new.enqueue("Invoice") for _ in range(3)]
+    old_runs = [old.enqueue("Invoice") for _ in range(3)]
+
+    async def scenario() -> None:
+        # The old worker alone first: it runs the old runs; the new ones wait, saying why.
+        async with started(old, "old") as [w_old]:
+            w_old.concurrency = 10
+            await drain(w_old)
+            for ref in new_runs:
+                assert new.get_run(ref.run_id).status.value == "queued"
+                assert waiting(new, ref.run_id)["reason"] == "no_worker_with_code"
+            async with started(new, "new") as [w_new]:
+                w_new.concurrency = 10
+                await drain(w_new, w_old)
+
+    run(scenario())
+    for ref in old_runs:
+        assert ref.result(timeout=1) == {"a": "old"}
+    for ref in new_runs:
+        assert ref.result(timeout=1) == {"a": "new", "b": "new"}
+        history = new.client.history(ref.run_id)
+        assert not [e for e in history if e["ev"] in ("lost", "failed")]
+    assert new.client.dead_letters() == []
+
+
+def test_a_run_no_live_worker_has_the_definition_of_times_out(
+    billing: Rstick, app: Rstick, clock: FakeClock
+) -> None:
+    old = sibling(app)
+    define_old_billing(old)
+    ref = billing.enqueue("Invoice")
+
+    async def scenario() -> None:
+        async with started(old, "old") as [w_old]:
+            await drain(w_old)
+            clock.advance(30)
+            await w_old.beat()
+            report = await Reaper(old, "old").reap(lead=False)
+            assert report.runs["timed out waiting for code"] == [ref.run_id]
+
+    run(scenario())
+    with pytest.raises(RunFailed) as failed:
+        ref.result(timeout=1)
+    assert failed.value.error_type == "SchedulingTimeout"

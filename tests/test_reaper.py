@@ -50,7 +50,7 @@ async def take_without_running(worker: Worker) -> list[str]:
             worker.keys.prefix,
             worker.id(),
             worker.instance,
-            " Flow job ",
+            worker.fetcher.serves,
             worker.free,
             "",
             10,
@@ -163,7 +163,7 @@ def test_a_parked_run_is_unparked_by_its_workers_completion(app: Rstick) -> None
         await w1.start()
         replies, _, _ = await w1.scripts.take(
             keys=[w1.keys.workflows],
-            args=[w1.keys.prefix, "w1", w1.instance, " Flow job ", 1, "", 10,
+            args=[w1.keys.prefix, "w1", w1.instance, w1.fetcher.serves, 1, "", 10,
                   *[x for s in w1.streams for x in (s, "")]],
         )  # fmt: skip
         claim = Claim.from_reply(replies[0])

@@ -13,8 +13,8 @@ from rstick.keys import GROUP
 
 
 def serves(w: Worker) -> str:
-    """The workflows a worker runs, as the scripts take them: " name name ... "."""
-    return " " + " ".join(w.app.workflows) + " "
+    """The code words a worker has, as the scripts take them (protocol.code_words)."""
+    return w.fetcher.serves
 
 
 async def take_raw(w: Worker) -> list[list[bytes]]:

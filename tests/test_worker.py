@@ -546,7 +546,7 @@ def test_a_step_whose_worker_was_lost_keeps_its_retries(app: Rstick, clock: Fake
             marks = [x for stream in w1.streams for x in (stream, "")]
             await w1.scripts.take(  # w1 takes attempt 1 and dies with it
                 keys=[app.keys.workflows],
-                args=[app.keys.prefix, "w1", w1.instance, " flaky ", 1, "", 10, *marks],
+                args=[app.keys.prefix, "w1", w1.instance, w1.fetcher.serves, 1, "", 10, *marks],
             )
             clock.advance(app.worker_ttl + 1)
             await w2.beat()

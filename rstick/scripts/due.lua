@@ -1,7 +1,7 @@
 -- due: move delayed entries whose time has come into their streams, and take over the
 -- entries that wait for a worker with their workflow's code when this worker has it.
 -- KEYS[1]  {ns}:wf (routing only)
--- ARGV     prefix, limit, worker, workflows (" name ... "), queues (" name ... ")
+-- ARGV     prefix, limit, worker, code (" name name|shape ... ": protocol.code_words), queues (" name ... ")
 -- Returns  {moved, adopted}. A delayed member is "run|step|attempt|epoch"; it goes to
 -- the pinned worker's stream for a pinned sticky run, else to the run's queue. A
 -- member whose run ended or moved on is dropped. A waiting entry goes to this
@@ -37,11 +37,13 @@ if redis.call('SCARD', p .. ':waiting') > 0 then
         local f = entry_fields(e[2])
         local rk = run_key(p, f['r'])
         local h = redis.call('HMGET', rk, 'status', 'epoch', f['s'] .. '.a', f['s'] .. '.st',
-          'sticky', 'worker', 'queue')
+          'sticky', 'worker', 'queue', 'shape')
         local pinned = h[5] ~= 'none' and h[6] and h[6] ~= ''
         local stale = not (active(h[1]) and h[2] == f['e'] and h[3] == f['a'] and h[4] == 'queued')
         if stale then
           redis.call('XDEL', wk, e[1])
+        elseif not has_code(workflows, wf, h[8]) then
+          -- Made with another definition of the workflow than this worker's: it waits on.
         elseif (pinned and h[6] == me) or (not pinned and has_word(queues, h[7])) then
           add_entry(personal_key(p, me), f['r'], f['s'], f['a'], f['e'], wf)
           redis.call('XDEL', wk, e[1])

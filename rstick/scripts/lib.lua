@@ -52,6 +52,14 @@ local function has_word(list, word)
   return list and string.find(' ' .. list .. ' ', ' ' .. word .. ' ', 1, true) ~= nil or false
 end
 
+-- Whether `code` (a worker's " name name|shape ... ", Python: protocol.code_words)
+-- can run a run of workflow `wf` made with `shape` (protocol.shape_of): a worker may
+-- have another definition of it. A run made before shapes were kept has none.
+local function has_code(code, wf, shape)
+  if not shape or shape == '' then return has_word(code, wf) end
+  return has_word(code, wf .. '|' .. shape)
+end
+
 local function active(status) return status == 'queued' or status == 'running' end
 
 -- Whether worker w is alive: its heartbeat deadline, in Redis time, is still ahead,
@@ -265,17 +273,19 @@ local function reassign(p, run, w, how, to, max_deliveries, poison_err, dead_max
   return true
 end
 
--- A live worker, other than `except` and not stopping, that has workflow wf's code
--- and reads queue q;
+-- A live worker, other than `except` and not stopping, that can run a run of
+-- workflow wf made with `shape` and reads queue q;
 -- `spread` (any number) picks among several. nil when there is none.
-local function capable_worker(p, wf, q, now, except, spread)
+local function capable_worker(p, wf, shape, q, now, except, spread)
   local live = redis.call('ZRANGEBYSCORE', p .. ':workers', '(' .. now, '+inf')
   local n = #live
   for k = 0, n - 1 do
     local w = live[(spread + k) % n + 1]
     if w ~= except then
-      local h = redis.call('HMGET', worker_key(p, w), 'workflows', 'queues', 'reaped', 'draining')
-      if not h[3] and not h[4] and has_word(h[1], wf) and has_word(h[2], q) then return w end
+      local h = redis.call('HMGET', worker_key(p, w), 'code', 'queues', 'reaped', 'draining')
+      if not h[3] and not h[4] and has_code(h[1], wf, shape) and has_word(h[2], q) then
+        return w
+      end
     end
   end
   return nil

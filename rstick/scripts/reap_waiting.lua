@@ -14,19 +14,20 @@ local now = now_ms()
 local wk = wait_key(p, wf)
 local failed = {}
 
-local live = {}  -- worker -> {workflows, queues}
+local live = {}  -- worker -> {code, queues}
 for _, w in ipairs(redis.call('ZRANGEBYSCORE', p .. ':workers', '(' .. now, '+inf')) do
-  local h = redis.call('HMGET', worker_key(p, w), 'workflows', 'queues', 'reaped')
+  local h = redis.call('HMGET', worker_key(p, w), 'code', 'queues', 'reaped')
   if not h[3] then live[w] = h end
 end
--- Whether live workers read queue q and none of them has the code (one that has it
--- but reads other queues cannot take the run: see capable_worker in lib.lua).
-local function served(q)
+-- Whether live workers read queue q and none of them has the code of a run made
+-- with `shape` (one that has it but reads other queues cannot take the run: see
+-- capable_worker in lib.lua).
+local function served(q, shape)
   local reads, has = false, false
   for _, h in pairs(live) do
     if has_word(h[2], q) then
       reads = true
-      if has_word(h[1], wf) then has = true end
+      if has_code(h[1], wf, shape) then has = true end
     end
   end
   return reads and not has
@@ -37,14 +38,14 @@ for _, e in ipairs(redis.call('XRANGE', wk, '-', '+', 'COUNT', limit)) do
   local run, step = f['r'], f['s']
   local rk = run_key(p, run)
   local h = redis.call('HMGET', rk, 'status', 'epoch', step .. '.a', step .. '.st', 'sticky',
-    'worker', 'queue', 'waiting_since', 'sto', step .. '.sto')
+    'worker', 'queue', 'waiting_since', 'sto', step .. '.sto', 'shape')
   if not (active(h[1]) and h[2] == f['e'] and h[3] == f['a'] and h[4] == 'queued') then
     redis.call('XDEL', wk, e[1])
   else
     local timeout = tonumber(h[10]) or tonumber(h[9])
     local since = tonumber(h[8]) or now
     local pinned = h[5] ~= 'none' and h[6] and h[6] ~= ''
-    local stuck = (pinned and live[h[6]] ~= nil) or (not pinned and served(h[7]))
+    local stuck = (pinned and live[h[6]] ~= nil) or (not pinned and served(h[7], h[11]))
     if stuck and now - since >= timeout * 1000 then
       history(p, run, 'ev', 'timed out', 's', step, 'reason', 'no_worker_with_code')
       fail_step(p, run, step, err, now)

@@ -1,8 +1,8 @@
 -- take: a worker's read and claim, one round trip; also how it picks up, in the
 -- same round trip, what its blocking read has just delivered.
 -- KEYS[1]  {ns}:wf (routing only)
--- ARGV     prefix, worker, instance, workflows (" name name ... "), free, want_marks
---          ("1" or ""), dead_maxlen, (stream, mark) * n: personal stream first, then the
+-- ARGV     prefix, worker, instance, code (" name name|shape ... ", protocol.code_words),
+--          free, want_marks ("1" or ""), dead_maxlen, (stream, mark) * n: personal stream first, then the
 --          shared queues.                                  (Python: rstick.fetch)
 --          Marks are "" (a plain take: read new entries while slots are free), or the
 --          marks the worker's last plain take returned. Then the worker's blocking
@@ -54,7 +54,7 @@ local function claim(stream, id, kv, again)
   local rk = run_key(p, run)
   local h = redis.call('HMGET', rk, 'status', 'sticky', 'worker', 'epoch', step .. '.st',
     step .. '.a', 'held', 'reassigned', step .. '.par', 'input', step .. '.w', step .. '.lost',
-    'queue', 'followers')
+    'queue', 'followers', 'shape')
   local status, sticky, pinned, cur_epoch, st, a = h[1], h[2], h[3], h[4], h[5], h[6]
   if again and st == 'running' and h[11] == me and a == attempt and cur_epoch == epoch
       and active(status) then
@@ -85,25 +85,28 @@ local function claim(stream, id, kv, again)
     return {'fwd', run, step, pinned}
   end
 
-  if not has_word(workflows, wf) then
-    -- This worker lacks the code: the run waits for one that has it, never lost.
+  if not has_code(workflows, wf, h[15]) then
+    -- This worker lacks the code (the workflow, or its definition the run was made
+    -- with): the run waits for one that has it, never lost.
+    local lacks = has_word(workflows, wf) and ('the definition of workflow ' .. wf
+      .. ' this run was made with (another deploy?)') or ('workflow ' .. wf)
     ack_delete(stream, id)
     if sticky_run and pinned == me then
       if sticky == 'soft' then  -- it may move: to whichever worker has the code
         reassign(p, run, me, 'queue', nil, nil, nil, dead_max, now)
-        return {'drop', run, step, 'run moved: this worker lacks workflow ' .. wf}
+        return {'drop', run, step, 'run moved: this worker lacks ' .. lacks}
       end
       wait_for_code(p, run, step, attempt, epoch, wf, now)  -- HARD: only here, later
-      return {'wait', run, step, 'worker ' .. me .. ' lacks workflow ' .. wf}
+      return {'wait', run, step, 'worker ' .. me .. ' lacks ' .. lacks}
     end
     local spread = tonumber(string.match(id, '^%d+')) + tonumber(string.match(id, '%d+$'))
-    local other = capable_worker(p, wf, h[13], now, me, spread)
+    local other = capable_worker(p, wf, h[15], h[13], now, me, spread)
     if other then
       add_entry(personal_key(p, other), run, step, attempt, epoch, wf)
       return {'fwd', run, step, other}
     end
     wait_for_code(p, run, step, attempt, epoch, wf, now)
-    return {'wait', run, step, 'no live worker has workflow ' .. wf}
+    return {'wait', run, step, 'no live worker has ' .. lacks}
   end
 
   if sticky_run and pinned == '' then
