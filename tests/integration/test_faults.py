@@ -52,6 +52,7 @@ HEARTBEAT = 0.5
 TTL = 3.0
 DEADLINE = 60.0  # for a condition that should come within seconds: the machine is shared
 LACKING_APP = "tests.integration.harness.lacking_app:app"
+OLD_DEPLOY_APP = "tests.integration.harness.old_deploy_app:app"
 # Debian's libfaketime (package faketime): the variant for threaded programs.
 LIBFAKETIME = ("/usr/lib/*/faketime/libfaketimeMT.so.1", "/usr/lib/faketime/libfaketimeMT.so.1")
 
@@ -475,6 +476,32 @@ def test_runs_wait_for_a_worker_with_their_code(f: Faults) -> None:
     for ref in waiting:
         history = f.history(ref)
         assert [e["ev"] for e in events(history, "waiting", "adopted")] == ["waiting", "adopted"]
+    assert f.app.client.dead_letters() == []
+
+
+def test_a_worker_of_an_older_deploy_runs_only_runs_of_its_own_definition(f: Faults) -> None:
+    # w1 runs the older deploy: Soft3 and Plain3 without their step c.
+    f.start("w1", app=OLD_DEPLOY_APP)
+    newer = f.mix(12, sleep=0.05)  # made with the new definitions (three steps)
+    same = [f.enqueue("Hard3") for _ in range(3)]  # the same definition on both sides
+    changed = [r for r in newer if f.app.get_run(r.run_id).workflow in ("Soft3", "Plain3")]
+    wait_until(
+        lambda: all(
+            (f.app.get_run(r.run_id).waiting or {}).get("reason") == "no_worker_with_code"
+            for r in changed
+        ),
+        DEADLINE,
+        "the runs of the new definitions to wait for a worker with it",
+    )
+    for ref in same:
+        assert ref.result(timeout=DEADLINE)["c"]["worker"] == "w1"
+    assert not {x.run_id for x in f.lines(changed)}  # not one step of them ran on w1
+
+    f.start("w2")  # the new deploy
+    f.wait_finished(newer)
+    assert not failures(f, newer)
+    assert set(executions(f, newer).values()) == {1}
+    assert {x.worker for x in f.lines(changed)} == {"w2"}
     assert f.app.client.dead_letters() == []
 
 
