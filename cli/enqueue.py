@@ -25,6 +25,8 @@ from .errors import INTERRUPTED, BadInput, Fail
 from .render import dumps
 from .settings import connection_options, current_app
 
+KNOWN_SHOWN = 20  # workflows an unknown name's error lists
+
 
 def parse_json(text: str | None, option: str) -> Any:
     if text is None:
@@ -88,7 +90,15 @@ def enqueue(
     try:
         ref = app.enqueue(workflow, data, run_id=run_id, delay=delay)
     except UnknownWorkflow as exc:
-        raise BadInput(str(exc)) from None
+        known = sorted(k.decode() for k in app.client.redis.hkeys(app.keys.workflows))
+        hint = (
+            f"; workers registered: {', '.join(known[:KNOWN_SHOWN])}"
+            + (", ..." if len(known) > KNOWN_SHOWN else "")
+            if known
+            else "; no worker has registered a workflow here (is one running, on this "
+            "--redis and --namespace?)"
+        )
+        raise BadInput(f"{exc}{hint}") from None
     except (SerializationError, PayloadTooLarge, TaskInputError) as exc:  # e.g. an int > 64 bits
         raise BadInput(f"--input: {exc}") from None
     if not wait:

@@ -239,7 +239,8 @@ def test_unknown_workflow_exits_non_zero_and_writes_nothing(world: World) -> Non
     result = world.invoke("enqueue", "Nope", "--input", "{}")
     assert result.exit_code == 2
     assert result.stdout == ""
-    assert result.stderr == "rstick: unknown workflow 'Nope'\n"
+    assert result.stderr.startswith("rstick: unknown workflow 'Nope'; workers registered: ")
+    assert "Dag" in result.stderr and result.stderr.count("\n") == 1
     assert world.keys() == before
 
 
