@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 from redis import Redis
 
-from .connections import AsyncPool, LoopSide, SyncPool, ThreadConnections, plain_pool
+from .connections import (
+    AsyncPool,
+    LoopSide,
+    SyncPool,
+    ThreadConnections,
+    plain_pool,
+    retry_kwargs,
+)
 from .notices import Notices, subscription_kwargs
 from .scripts import Scripts
 
@@ -57,6 +64,7 @@ class Connections:
                         str(self.app.redis_url),
                         max_connections=self.app.pool_size,
                         timeout=self.app.pool_timeout,
+                        **retry_kwargs(asynchronous=False),
                     )
                     sync = self._sync = Redis(connection_pool=pool)
         return sync
@@ -114,6 +122,7 @@ class Connections:
             str(self.app.redis_url),
             max_connections=self.app.pool_size,
             timeout=self.app.pool_timeout,
+            **retry_kwargs(asynchronous=True),
         )
         client = aioredis.Redis(connection_pool=pool)
         return LoopSide(loop, client, owned=True, forget=self._forget_loop)

@@ -15,8 +15,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis import BlockingConnectionPool
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
 from redis.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from . import defaults
 from .async_notices import AsyncNotices
@@ -28,6 +32,22 @@ log = logging.getLogger("rstick.client")
 
 POOL_SIZE, POOL_TIMEOUT = defaults.POOL_SIZE, defaults.POOL_TIMEOUT
 LOOP_CLOSE_TIMEOUT = 5.0  # seconds close() waits for another thread's loop to close its side
+
+# A command whose connection broke (killed, timed out by the server, Redis restarted)
+# is sent again on a new one, a few times: what rstick sends is safe to resend
+# (enqueue is idempotent by run id; a worker's scripts fence resends, see
+# complete.lua and take.lua). Without it a pooled connection the server closed
+# while idle failed the next command, though Redis was up.
+RETRIES = 3
+RETRY_BACKOFF = dict(cap=0.5, base=0.05)  # seconds: 0.05, 0.1, 0.2
+
+
+def retry_kwargs(*, asynchronous: bool) -> dict[str, Any]:
+    """The ``retry`` of the client's pools (for ``from_url``)."""
+    backoff = ExponentialBackoff(**RETRY_BACKOFF)
+    retry = AsyncRetry(backoff, RETRIES) if asynchronous else Retry(backoff, RETRIES)
+    return {"retry": retry, "retry_on_error": [RedisConnectionError, RedisTimeoutError]}
+
 
 _PLAIN = (Connection, UnixDomainSocketConnection)  # the connections enqueue writes to itself
 _EMPTY = "No connection available."  # redis-py's message when its blocking pool timed out

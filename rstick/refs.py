@@ -16,8 +16,13 @@ from .codec import unpack
 from .errors import ClientClosed, ResultTimeout, RunCancelled, RunFailed, RunNotFound, StepError
 from .keys import Keys
 from .limits import optional_seconds
+from .outage import is_outage
 from .protocol import StepField
 from .records import FINISHED, Run, RunStatus
+
+# Seconds between two looks at a run while Redis is away (a restart, a failover):
+# a wait rides the outage out, up to its own timeout.
+OUTAGE_LOOK = 0.5
 
 if TYPE_CHECKING:
     from .client import Client
@@ -104,8 +109,9 @@ class RunRef:
         waiter = notices.watch(client.keys.done(self.run_id).encode())
         try:
             looked = False
+            pause = client.poll
             while True:
-                wait = client.poll
+                wait = pause
                 if deadline is not None:
                     wait = min(wait, deadline - time.monotonic())
                     if looked and wait <= 0:
@@ -118,11 +124,15 @@ class RunRef:
                     raw = waiter.status or redis.hget(client.keys.run(self.run_id), "status")
                     if raw is not None and RunStatus(raw.decode()) in FINISHED:
                         return outcome(client.keys, redis, self.run_id)
-                except (RedisError, ClientClosed):
+                except (RedisError, ClientClosed) as exc:
                     if notices.closed:  # closed under this look
                         raise ClientClosed(self.run_id) from None
-                    raise
-                looked = True
+                    if not is_outage(exc):
+                        raise
+                    # Redis is away: the run goes on without us; look again soon.
+                    looked, pause = True, OUTAGE_LOOK
+                    continue
+                looked, pause = True, client.poll
                 if raw is None:
                     raise RunNotFound(self.run_id)
         finally:
@@ -161,8 +171,9 @@ class AsyncRunRef:
         waiter: AsyncWaiter = notices.watch(client.keys.done(self.run_id).encode())
         try:
             looked = False
+            pause = client.poll
             while True:
-                wait = client.poll
+                wait = pause
                 if deadline is not None:
                     wait = min(wait, deadline - time.monotonic())
                     if looked and wait <= 0:
@@ -178,11 +189,14 @@ class AsyncRunRef:
                     )
                     if raw is not None and RunStatus(raw.decode()) in FINISHED:
                         return await aoutcome(client.keys, side.redis, self.run_id)
-                except (RedisError, ClientClosed):
+                except (RedisError, ClientClosed) as exc:
                     if notices.closed:  # closed under this look
                         raise ClientClosed(self.run_id) from None
-                    raise
-                looked = True
+                    if not is_outage(exc):
+                        raise
+                    looked, pause = True, OUTAGE_LOOK  # as RunRef._wait
+                    continue
+                looked, pause = True, client.poll
                 if raw is None:
                     raise RunNotFound(self.run_id)
         finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 import redis
 
 from rstick import Rstick
+from rstick.embedded import RedisServer
 from rstick.errors import ClientClosed, PoolTimeout, ResultTimeout
 from rstick.testing.processes import WorkerProcesses, wait_until
 from tests.integration.harness.clients import connections, named_app, peak_connections, settled
@@ -307,6 +309,71 @@ def test_waiters_get_their_results_after_the_subscription_is_killed(
     r.close()
     app.close()
     assert settled(redis_url, name, 0) == 0
+
+
+@pytest.mark.parametrize("fault", ["connections killed", "redis restarted"])
+def test_waits_and_enqueues_ride_out_lost_connections(
+    make_workers: Any, namespace: str, fault: str
+) -> None:
+    """Sync and async waits in progress, and the next enqueue on the same pools, go on
+    through every connection killed (CLIENT KILL TYPE normal: a server's idle
+    timeout or a proxy does the same) or Redis restarted (3 s down, AOF)."""
+    with RedisServer(["--appendonly", "yes", "--appendfsync", "always"]) as server:
+        app, _ = named_app(server.url, namespace)
+        workers: WorkerProcesses = make_workers(server.url, namespace)
+        workers.start_many(1, APP, concurrency=20)
+        workers.wait_ready()
+        workers.pause("w1")  # the runs wait while the fault happens
+        sync_refs = [app.enqueue("echo", {"n": i}) for i in range(5)]
+        results: dict[str, Any] = {}
+        async_ready = threading.Event()
+        fault_done = threading.Event()
+
+        def wait_sync(i: int) -> None:
+            try:
+                results[f"sync {i}"] = sync_refs[i].result(timeout=120)
+            except BaseException as exc:
+                results[f"sync {i}"] = exc
+
+        async def async_side() -> None:
+            refs = [await app.aenqueue("echo", {"n": 10 + i}) for i in range(5)]
+            async_ready.set()
+            got = await asyncio.gather(
+                *(r.result(timeout=120) for r in refs), return_exceptions=True
+            )
+            results.update({f"async {i}": g for i, g in enumerate(got)})
+            assert fault_done.wait(120)
+            try:  # the same loop's pool, after the fault
+                results["aenqueue after"] = await (await app.aenqueue("echo", {"n": 99})).result(
+                    timeout=120
+                )
+            except BaseException as exc:
+                results["aenqueue after"] = exc
+
+        threads = [threading.Thread(target=wait_sync, args=(i,)) for i in range(5)]
+        threads.append(threading.Thread(target=lambda: asyncio.run(async_side())))
+        for t in threads:
+            t.start()
+        assert async_ready.wait(60)
+        wait_until(lambda: len(done_channels(server.url, namespace)) == 10, 30, "10 subscriptions")
+        if fault == "connections killed":
+            with redis.Redis.from_url(server.url) as r:
+                assert r.client_kill_filter(_type="normal", skipme=True) >= 2
+        else:
+            server.stop()
+            time.sleep(3)  # the fault: Redis down for 3 s
+            server.start()
+        fault_done.set()
+        workers.resume("w1")
+        for t in threads:
+            t.join(180)
+        assert results == {
+            **{f"sync {i}": i for i in range(5)},
+            **{f"async {i}": 10 + i for i in range(5)},
+            "aenqueue after": 99,
+        }
+        assert app.enqueue("echo", {"n": 7}).result(timeout=120) == 7
+        app.close()
 
 
 def _child_waits(app: Rstick) -> None:
