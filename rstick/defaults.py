@@ -11,6 +11,9 @@ REDIS_URL = "redis://localhost:6379/0"
 NAMESPACE = "rstick"
 HEARTBEAT = 2.0  # seconds between a worker's heartbeats
 WORKER_TTL = 10.0  # seconds without one after which a worker is dead
+# Heartbeats in which no beat nor reaper pass landed anywhere that mean Redis stood
+# still (paused, busy): nobody is judged on it (note_activity in lib.lua).
+STANDSTILL_BEATS = 2
 RETENTION = 86400.0  # seconds a finished run stays readable
 MAX_DELIVERIES = 5  # a step that lost its worker this often is dead-lettered
 DEAD_MAXLEN = 10_000  # dead letters kept; older ones are trimmed

@@ -49,6 +49,11 @@ class Keys:
     def leader(self) -> str:
         return f"{self.prefix}:leader"
 
+    @property
+    def active(self) -> str:
+        """Redis time a heartbeat or a reaper's pass last landed (lib.lua note_activity)."""
+        return f"{self.prefix}:active"
+
     def queue(self, name: str) -> str:
         return f"{self.prefix}:q:{name}"
 

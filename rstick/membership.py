@@ -25,7 +25,7 @@ from .app import Rstick
 from .errors import WorkerIdInUse
 from .heartbeat import BeatResult, Heartbeat, result_of
 from .keys import GROUP
-from .protocol import code_words, text
+from .protocol import code_words, standstill_ms, text
 from .reap_report import ReapReport
 
 if TYPE_CHECKING:
@@ -181,6 +181,7 @@ class Membership:
             self.ttl_ms,
             self._running(),
             grace_since,
+            standstill_ms(self.app.heartbeat),
         ]
 
     async def beat(self, grace: bool = False) -> BeatResult:

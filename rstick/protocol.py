@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import defaults
+
 if TYPE_CHECKING:
     from .definitions import WorkflowDef
 
@@ -217,3 +219,9 @@ def code_words(workflows: Iterable[WorkflowDef]) -> str:
     cannot collide.)"""
     words = [w for wf in workflows for w in (wf.name, f"{wf.name}|{shape_of(wf)}")]
     return " " + " ".join(words) + " "
+
+
+def standstill_ms(heartbeat: float) -> int:
+    """beat.lua's and lead.lua's gap_ms: no beat nor pass landing for longer means
+    Redis stood still (note_activity in lib.lua)."""
+    return int(defaults.STANDSTILL_BEATS * heartbeat * 1000)

@@ -24,6 +24,7 @@ from .codec import pack
 from .definitions import WorkflowDef
 from .keys import GROUP
 from .orphans import ORPHAN_SWEEP_SECONDS, OrphanSweep
+from .protocol import standstill_ms
 from .reap_report import ReapReport
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class Reaper:
                 ttl,
                 self._dead_offset,
                 DEAD_PER_PASS,
+                standstill_ms(self.app.heartbeat),
             ],
         )
         if not got:

@@ -382,3 +382,75 @@ def test_a_worker_is_visible_only_once_its_workflows_are_registered(
     run(Worker(app, worker_id="w1").join())
     assert seen and all(raw is not None for raw in seen)
     assert [w.worker_id for w in app.list_workers()] == ["w1"]
+
+
+# -- Redis standing still (CLIENT PAUSE, a long script) ----------------------------
+
+
+@pytest.mark.parametrize("first", ["a beat", "the reaper"])
+def test_when_redis_stood_still_past_the_ttl_nobody_is_taken_for_dead(
+    app: Rstick, clock: FakeClock, first: str
+) -> None:
+    """Every worker's beat was held in Redis for longer than the ttl, with no error
+    seen by anyone: whichever lands first once Redis goes on grants grace."""
+    define(app)
+
+    async def scenario() -> None:
+        async with started(app, "w1", "w2", "w3") as [w1, w2, w3]:
+            for _ in range(3):  # beating as they do: activity every heartbeat
+                clock.advance(app.heartbeat)
+                for w in (w1, w2, w3):
+                    await w.beat()
+                await Reaper(app, "w3").reap()
+            clock.advance(app.worker_ttl + 5)  # the standstill: nothing landed
+            if first == "a beat":
+                await w1.beat()  # w2's beat lands after the reaper's pass
+            assert (await Reaper(app, "w3").reap()).dead_workers == []
+            for w in (w1, w2, w3):
+                await w.beat()
+            clock.advance(app.heartbeat)
+            assert (await Reaper(app, "w3").reap()).dead_workers == []
+            alive = {w.worker_id: w.alive for w in app.list_workers()}
+            assert alive == {"w1": True, "w2": True, "w3": True}
+
+    run(scenario())
+
+
+def test_a_worker_that_stops_beating_while_others_beat_is_dead_after_its_ttl(
+    app: Rstick, clock: FakeClock
+) -> None:
+    """Activity elsewhere means Redis went on: no grace for a worker that stopped."""
+    define(app)
+
+    async def scenario() -> None:
+        async with started(app, "w1", "w2") as [w1, w2]:
+            await w1.beat()
+            dead: list[str] = []
+            for _ in range(int(app.worker_ttl / app.heartbeat) + 2):  # w1 beats no more
+                clock.advance(app.heartbeat)
+                await w2.beat()
+                dead += (await Reaper(app, "w2").reap()).dead_workers
+            assert dead == ["w1"]
+
+    run(scenario())
+
+
+def test_a_worker_that_died_during_a_standstill_is_dead_a_ttl_after_it(
+    app: Rstick, clock: FakeClock
+) -> None:
+    define(app)
+
+    async def scenario() -> None:
+        async with started(app, "w1", "w2") as [w1, w2]:
+            await w1.beat()
+            await w2.beat()
+            clock.advance(app.worker_ttl + 5)  # the standstill; w1 dies in it
+            assert (await Reaper(app, "w2").reap()).dead_workers == []  # grace for all
+            dead: list[str] = []
+            for _ in range(int(app.worker_ttl / app.heartbeat) + 2):
+                clock.advance(app.heartbeat)
+                await w2.beat()
+                dead += (await Reaper(app, "w2").reap()).dead_workers
+            assert dead == ["w1"]
+
+    run(scenario())

@@ -2,7 +2,9 @@
 -- workers whose heartbeat deadline has passed, by Redis's clock.
 -- KEYS[1]  {ns}:leader
 -- ARGV     prefix, worker ("": no lock, as for `rstick reap`), lock_ttl_ms, offset,
---          limit                                        (Python: rstick.reaper)
+--          limit, gap_ms                                (Python: rstick.reaper)
+--          gap_ms: when no beat nor pass landed for longer, Redis stood still
+--          (note_activity in lib.lua): nobody is judged on this pass, all get grace.
 --          offset: where this page of dead workers starts; the reaper moves it on
 --          while pages come full, so that dead workers it cannot forget yet (their
 --          HARD runs parked) never hide the ones that died after them.
@@ -20,6 +22,7 @@ if me ~= '' then
   end
 end
 local out = {'lead'}
+if me ~= '' and note_activity(p, now_ms(), tonumber(ARGV[6])) then return out end
 for _, w in ipairs(redis.call('ZRANGEBYSCORE', p .. ':workers', '-inf', now_ms(),
     'LIMIT', offset, limit)) do
   if w ~= me then out[#out + 1] = w end

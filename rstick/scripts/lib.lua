@@ -62,6 +62,40 @@ end
 
 local function active(status) return status == 'queued' or status == 'running' end
 
+-- Every worker that was alive at `since` (its last beat within its ttl of it), and not
+-- declared dead since, gets its deadline pushed to now + its ttl: Redis could not
+-- take beats meanwhile, through no fault of theirs. A worker already dead then gains
+-- nothing, however often grace is given.
+local function grant_grace(p, since, now)
+  local workers = p .. ':workers'
+  for _, w in ipairs(redis.call('ZRANGE', workers, 0, -1)) do
+    local wh = redis.call('HMGET', worker_key(p, w), 'ttl', 'reaped', 'beat')
+    local wttl, last = tonumber(wh[1]), tonumber(wh[3])
+    if wttl and last and not wh[2] and last + wttl >= since then
+      local deadline = tonumber(redis.call('ZSCORE', workers, w))
+      if deadline and deadline < now + wttl then
+        redis.call('ZADD', workers, now + wttl, w)
+        redis.call('HSET', worker_key(p, w), 'deadline', now + wttl)
+      end
+    end
+  end
+end
+
+-- A heartbeat or a reaper's pass landed now. When none had for longer than gap_ms
+-- (a few heartbeats), Redis stood still (CLIENT PAUSE, a long script, a failover
+-- under way) or every worker did: nobody could beat meanwhile, so the first to land
+-- grants grace to all, whichever lands first once Redis goes on. True then.
+local function note_activity(p, now, gap_ms)
+  local key = p .. ':active'
+  local last = tonumber(redis.call('GET', key))
+  redis.call('SET', key, now)
+  if last and gap_ms and now - last > gap_ms then
+    grant_grace(p, last, now)
+    return true
+  end
+  return false
+end
+
 -- Whether worker w is alive: its heartbeat deadline, in Redis time, is still ahead,
 -- and it was not declared dead since. With `instance`, also that this process (not
 -- another one that took the id over) is the one holding it.

@@ -12,12 +12,14 @@ those of the faults themselves, never a hope that something happened meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import json
 import os
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -35,6 +37,8 @@ if str(ROOT) not in sys.path:  # the workers import tests.integration.harness.ch
 
 from rstick import Rstick, RunFailed, RunRef  # noqa: E402
 from rstick.embedded import RedisServer  # noqa: E402
+from rstick.reap_report import ReapReport  # noqa: E402
+from rstick.reaper import Reaper  # noqa: E402
 from rstick.testing.processes import wait_until  # noqa: E402
 from tests.integration.harness.chaos_app import BRIEF_TIMEOUT  # noqa: E402
 from tests.integration.harness.chaos_harness import (  # noqa: E402
@@ -710,6 +714,38 @@ def test_a_graceful_stop_refuses_none_of_its_own_completions(f: Faults) -> None:
 
 
 # -- Redis ------------------------------------------------------------------------------
+
+
+def test_redis_paused_past_the_ttl_takes_no_worker_for_dead(f: Faults) -> None:
+    # The test leads: its reaper's pass, sent first into the pause, is the first
+    # command Redis runs after it, before any worker's beat can land.
+    f.redis.set(f.app.keys.leader, "tester", px=600_000)
+    f.start("w1", "w2", "w3", concurrency=10)
+    refs = f.mix(90, sleep=0.1)
+    wait_until(lambda: f.running_on("w1") >= 3, DEADLINE, "w1 to run steps")
+    for mode in ("ALL", "WRITE"):
+        # The fault: Redis holds every command (or every write) for longer than the
+        # ttl; no client sees an error, every beat lands late at once.
+        f.redis.execute_command("CLIENT", "PAUSE", int((TTL + 1.5) * 1000), mode)
+        judged: list[ReapReport] = []
+
+        def judge(into: list[ReapReport] = judged) -> None:
+            into.append(asyncio.run(Reaper(f.app, "tester").reap()))
+
+        reaper = threading.Thread(target=judge)
+        reaper.start()
+        reaper.join(DEADLINE)
+        assert [r.dead_workers for r in judged] == [[]]
+        refs += f.mix(30, sleep=0.05)  # written once the pause is over
+    f.redis.delete(f.app.keys.leader)  # the workers lead again
+    f.wait_finished(refs)
+
+    assert not failures(f, refs)
+    assert not moves(f, refs)
+    assert set(executions(f, refs).values()) == {1}
+    for wid in ("w1", "w2", "w3"):
+        assert "declared dead" not in f.log(wid)
+        assert " dead worker" not in f.log(wid)  # "reaped: 1 dead worker"
 
 
 def test_redis_out_of_memory_past_the_ttl_is_an_outage_not_a_death(own: Faults) -> None:
