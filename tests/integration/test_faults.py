@@ -585,6 +585,30 @@ def test_async_steps_that_block_the_loop_or_ignore_their_cancel_leave_their_work
         assert f.workers.terminate(wid, timeout=DEADLINE) == 0
 
 
+@pytest.mark.parametrize("signals", [["SIGTERM"], ["SIGTERM", "SIGINT"]])
+def test_a_stop_is_bounded_while_an_async_step_blocks_the_loop(
+    f: Faults, signals: list[str]
+) -> None:
+    f.start("w1", drain_timeout=1)
+    blocker = f.enqueue("Soft3", block={"b:1": 50})  # b blocks the event loop for 50 s
+    wait_until(
+        lambda: any(x.step == "b" and x.event == "start" for x in f.lines([blocker])),
+        DEADLINE,
+        "b to block w1's event loop",
+    )
+    for name in signals:
+        life = f.workers.signal("w1", signal.Signals[name])
+    code = life.wait(40)  # well before the block ends: the stop is bounded
+    if len(signals) == 1:  # the drain timeout, then the worker gives up on its loop
+        assert code == 1
+        assert "could not stop within --drain-timeout (1s): the event loop is blocked" in (
+            f.log("w1")
+        )
+    else:  # the second signal exits at once, loop blocked or not
+        assert code in (128 + signal.SIGINT, 128 + signal.SIGTERM)
+        assert "second stop signal: exiting now" in f.log("w1")
+
+
 # -- two processes, one worker id ------------------------------------------------------
 
 
