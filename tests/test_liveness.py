@@ -4,6 +4,7 @@ outage, a worker declared dead that rejoins, and two processes with one id."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -454,3 +455,72 @@ def test_a_worker_that_died_during_a_standstill_is_dead_a_ttl_after_it(
             assert dead == ["w1"]
 
     run(scenario())
+
+
+# -- steps claimed just before a pause past the ttl --------------------------------
+
+
+class StandInHeartbeat:
+    """A heartbeat thread's state as the worker reads it: when it last beat."""
+
+    def __init__(self, last_ok: float) -> None:
+        self.last_ok = last_ok
+        self.interval = 2.0
+        self.grace_pending = False
+
+    def recent(self, now: float) -> bool:
+        return now - self.last_ok < 2 * self.interval
+
+    def outage(self) -> None:
+        pass
+
+    def stop(self, timeout: float | None = None) -> None:
+        pass
+
+
+@pytest.mark.parametrize("verdict", ["reaped", "ok"])
+def test_steps_claimed_before_a_pause_past_the_ttl_start_only_if_a_beat_finds_it_alive(
+    app: Rstick, clock: FakeClock, verdict: str
+) -> None:
+    """The take's reply came, then the process stood still past its ttl before it
+    started the steps: they ran on another worker meanwhile."""
+    ran: list[str] = []
+
+    @app.task
+    def note(ctx: Context) -> str:
+        ran.append(ctx.worker.id())
+        return ctx.worker.id()
+
+    ref = app.enqueue("note")
+
+    async def scenario() -> None:
+        async with started(app, "w1", "w2") as (w1, w2):
+            stand_in = StandInHeartbeat(last_ok=time.monotonic() - 3 * app.worker_ttl)
+            w1.membership.heartbeat = stand_in  # type: ignore[assignment]
+            await w1.fetch(None)  # claimed, but held: the worker stood still too long
+            await asyncio.sleep(0.1)
+            assert not w1.running and ran == []
+            if verdict == "reaped":  # the reaper took it for dead meanwhile
+                clock.advance(app.worker_ttl + 1)
+                await w2.beat()
+                assert (await Reaper(app, "w2").reap(lead=False)).dead_workers == ["w1"]
+            stand_in.last_ok = time.monotonic()  # the first beat after waking
+            w1.membership.on_beat(verdict)
+            for _ in range(20):
+                await asyncio.sleep(0.05)
+                if not w1._confirming:
+                    break
+            if w1.running:
+                await asyncio.wait(list(w1.running.values()))
+            await w1.flush()
+            w1.membership.heartbeat = None
+            if verdict == "reaped":
+                await w1.rejoin()
+            await drain(w1, w2)
+
+    run(scenario())
+    assert len(ran) == 1  # once, on one worker
+    assert ref.result(timeout=1) == ran[0]
+    succeeded = [e["a"] for e in events(app, ref.run_id, "succeeded")]
+    # Reaped: attempt 1, held on w1, never ran; attempt 2 ran (on whichever).
+    assert succeeded == (["2"] if verdict == "reaped" else ["1"])
