@@ -25,6 +25,7 @@ log = logging.getLogger("rstick.worker")
 
 BeatResult = str | tuple[str, str, str]
 FIRST_RETRY = 0.1  # seconds before a failed beat is tried again; it doubles, up to interval
+BLOCKED_LOG_EVERY = 10.0  # seconds between two lines saying the event loop is still blocked
 
 
 class Heartbeat:
@@ -135,13 +136,14 @@ class Heartbeat:
             self._stop.set()
 
     def _watch_loop(self) -> None:
-        """Log once per heartbeat while the event loop runs none of our callbacks."""
+        """Log, every BLOCKED_LOG_EVERY seconds, while the event loop runs none of our
+        callbacks."""
         now = time.monotonic()
         if now - self._ticked > 2 * self.interval:  # this thread stood still too: the
             self._loop_seen = now  # whole process was paused (SIGSTOP), not the loop
         self._ticked = now
         blocked = now - self._loop_seen
-        if blocked > 2 * self.interval and now - self._blocked_logged > self.interval:
+        if blocked > 2 * self.interval and now - self._blocked_logged > BLOCKED_LOG_EVERY:
             self._blocked_logged = now
             log.warning(
                 "the event loop has been blocked for %.0fs (an async def step doing "

@@ -8,6 +8,8 @@ from typing import Any
 
 from .plural import plural
 
+STILL_PARKED = "still parked"  # reap_run.lua's word for a parked run not yet due
+
 
 @dataclass
 class ReapReport:
@@ -21,6 +23,19 @@ class ReapReport:
 
     def __bool__(self) -> bool:
         return bool(self.dead_workers or self.runs or self.redispatched or self.deleted)
+
+    def news(self, dead_before: set[str]) -> bool:
+        """Whether this pass did or found anything the one before did not: a worker
+        dead with its HARD runs still parked is found again at every pass, and is
+        no news until its runs time out or it comes back."""
+        changed = {action for action, ids in self.runs.items() if ids} - {STILL_PARKED}
+        return bool(
+            set(self.dead_workers) - dead_before
+            or changed
+            or self.redispatched
+            or self.deleted
+            or self.removed_workers
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -25,7 +25,7 @@ from .definitions import WorkflowDef
 from .keys import GROUP
 from .orphans import ORPHAN_SWEEP_SECONDS, OrphanSweep
 from .protocol import standstill_ms
-from .reap_report import ReapReport
+from .reap_report import STILL_PARKED, ReapReport
 
 if TYPE_CHECKING:
     from .app import Rstick
@@ -56,6 +56,7 @@ class Reaper:
         )
         self.orphans = OrphanSweep(app)
         self._dead_offset = 0  # where the next page of dead workers starts (lead.lua)
+        self._dead_before: set[str] = set()  # the dead workers of the last pass, for its log
         self._next_sweep = time.monotonic() + ORPHAN_SWEEP_SECONDS
         self._timeout = pack(
             {
@@ -106,8 +107,9 @@ class Reaper:
         if lead and time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + ORPHAN_SWEEP_SECONDS
             await self.orphans.sweep(report)
-        if report:
+        if report.news(self._dead_before):
             log.info("reaped: %s", report.summary())
+        self._dead_before = set(report.dead_workers)
         return report
 
     async def reap_worker(
@@ -188,7 +190,8 @@ class Reaper:
                 return False
             if action != "gone":
                 report.runs[action].append(run)
-                log.info("run %s of worker %s: %s", run, worker, action)
+                if action != STILL_PARKED:  # said when it was parked
+                    log.info("run %s of worker %s: %s", run, worker, action)
         return True
 
     async def settle_entries(

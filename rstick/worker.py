@@ -358,7 +358,10 @@ class Worker:
                     recover_at = 0.0
                     self._outage()
                 elif "NOGROUP" in str(exc):
-                    log.warning("stream group missing (Redis lost its data?): creating it again")
+                    log.warning(
+                        "a stream group of this worker is missing (the reaper forgot the "
+                        "worker while it was away, or Redis lost its data): creating it again"
+                    )
                     with contextlib.suppress(Exception):
                         await self.membership.create_groups()
                 else:  # a bug must not stop a worker that still beats

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -150,6 +151,36 @@ def test_hard_run_is_parked_and_resumed_by_its_worker(app: Rstick) -> None:
     result = ref.result(timeout=1)
     assert result["a"]["worker"] == result["b"]["worker"] == "w1"
     assert app.get_run(ref.run_id).step("a").attempts == 2
+
+
+def test_a_dead_worker_whose_runs_stay_parked_is_logged_once(
+    app: Rstick, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found again at every pass (it cannot be forgotten while its HARD runs wait):
+    no news, so no line every heartbeat."""
+    define(app, StickyStrategy.HARD)
+    ref = app.enqueue("Flow")
+
+    async def scenario() -> None:
+        w1, w2 = Worker(app, worker_id="w1"), Worker(app, worker_id="w2")
+        await w1.start()
+        await w2.start()
+        await take_without_running(w1)
+        await kill(w1)
+        caplog.set_level(logging.INFO, logger="rstick.reaper")
+        reaper = Reaper(app, "w2")
+        for _ in range(5):
+            report = await reaper.reap()
+            assert report.dead_workers == ["w1"]  # rstick reap --json still says so
+        assert app.get_run(ref.run_id).parked_until is not None
+
+    run(scenario())
+    lines = [r.getMessage() for r in caplog.records if r.name == "rstick.reaper"]
+    assert [x for x in lines if x.startswith("reaped: ")] == [
+        "reaped: 1 dead worker, 1 run parked, 0 entries dispatched again, "
+        "0 stale entries deleted, 0 workers removed"
+    ]
+    assert [x for x in lines if "still parked" in x] == []
 
 
 def test_a_parked_run_is_unparked_by_its_workers_completion(app: Rstick) -> None:
