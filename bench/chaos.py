@@ -23,6 +23,8 @@ Faults, each on by default (its switch to turn it off on the right):
   redis crash   SIGKILL redis-server, start it again           --no-redis-restart
   memory full   maxmemory under Redis's use (noeviction) for   --no-memory-full
                 --memory-full seconds, longer than the ttl
+  redis pause   CLIENT PAUSE ALL for --redis-pause seconds,    --no-redis-pause
+                longer than the ttl: every command waits
   hung steps    a Hang run every --hang-every seconds: its     --no-hangs
                 sync steps sleep --hang-for seconds, far past
                 their 0.3 s timeout
@@ -196,6 +198,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=d.memory_full_at,
         help="when Redis's memory fills, as a share of the storm (%(default)s)",
     )
+    f.add_argument("--no-redis-pause", action="store_true", help="never pause Redis")
+    f.add_argument(
+        "--redis-pause",
+        type=float,
+        default=d.redis_pause,
+        metavar="S",
+        help="seconds Redis holds every command, more than --worker-ttl (%(default)s)",
+    )
+    f.add_argument(
+        "--redis-pause-at",
+        type=share,
+        default=d.redis_pause_at,
+        help="when Redis pauses, as a share of the storm (%(default)s)",
+    )
     f.add_argument("--no-hangs", action="store_true", help="no step hangs past its timeout")
     f.add_argument(
         "--hang-every",
@@ -218,6 +234,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         p.error("--worker-ttl must be longer than --heartbeat")
     if not args.no_memory_full and args.memory_full <= args.worker_ttl:
         p.error("--memory-full must be longer than --worker-ttl: that is the fault")
+    if not args.no_redis_pause and args.redis_pause <= args.worker_ttl:
+        p.error("--redis-pause must be longer than --worker-ttl: that is the fault")
     if not args.no_pauses and args.past_ttl <= 0:
         p.error("--past-ttl must be positive: a long pause lasts longer than the ttl")
     if not args.no_hangs and (args.hang_every <= 0 or args.hang_for <= 0.3):
@@ -254,6 +272,8 @@ def config(args: argparse.Namespace) -> Config:
         code_gap=args.code_gap,
         memory_full_at=None if args.no_memory_full else args.memory_full_at,
         memory_full=args.memory_full,
+        redis_pause_at=None if args.no_redis_pause else args.redis_pause_at,
+        redis_pause=args.redis_pause,
         hang_every=None if args.no_hangs else args.hang_every,
         hang_for=args.hang_for,
     )

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("rstick.worker")
 
 JOIN_WAIT_CAP = 3  # ttl + heartbeat windows a start waits for a holder that beats no more
+CONFIRM_TICK = 0.05  # seconds between looks at the heartbeat, for steps held after a pause
 
 
 class Membership:
@@ -195,6 +196,27 @@ class Membership:
         if result == "ok":
             self.beat_ms = int(reply[1])
         return result
+
+    def paused_past_ttl(self) -> float | None:
+        """When the last good beat was, if that is longer ago than the ttl (the
+        process stood still: SIGSTOP, a frozen VM); else None."""
+        heartbeat = self.heartbeat
+        if heartbeat is not None and time.monotonic() - heartbeat.last_ok > self.app.worker_ttl:
+            return heartbeat.last_ok
+        return None
+
+    async def alive_since(self, stale_since: float, stopping: Callable[[], bool]) -> bool:
+        """Whether a beat after ``stale_since`` found this worker alive (not declared
+        dead meanwhile); False once it learns otherwise, stops, or no beat comes
+        within a ttl and a heartbeat."""
+        heartbeat = self.heartbeat
+        for _ in range(int((self.app.worker_ttl + self.app.heartbeat) / CONFIRM_TICK)):
+            if heartbeat is None or self.rejoin is not None or stopping():
+                return False
+            if heartbeat.last_ok > stale_since and self.live.is_set():
+                return True
+            await asyncio.sleep(CONFIRM_TICK)
+        return False
 
     def make_heartbeat(self, loop: asyncio.AbstractEventLoop, where: str) -> Heartbeat:
         """The heartbeat thread (``heartbeat.py``), not yet started, on a connection

@@ -53,7 +53,6 @@ from .threads import StepThreads
 log = logging.getLogger("rstick.worker")
 
 TICK = 0.1  # seconds between moves of due delayed entries
-CONFIRM_TICK = 0.05  # seconds between looks at the heartbeat, for claims held after a pause
 
 
 def default_worker_id() -> str:
@@ -454,12 +453,11 @@ class Worker:
         return len(claims) + self.fetcher.started
 
     def _start_claims(self, claims: list[Claim]) -> None:
-        heartbeat = self.heartbeat
-        stale = heartbeat is not None and time.monotonic() - heartbeat.last_ok > self.app.worker_ttl
-        if claims and heartbeat is not None and stale:
+        stale_since = self.membership.paused_past_ttl()
+        if claims and stale_since is not None:
             # Claimed, then paused past the ttl (SIGSTOP, a frozen VM) before they
             # started: the reaper may have run them elsewhere meanwhile. A beat says.
-            task = asyncio.ensure_future(self._start_once_alive(claims, heartbeat.last_ok))
+            task = asyncio.ensure_future(self._start_once_alive(claims, stale_since))
             self._confirming.add(task)
             task.add_done_callback(self._confirming.discard)
             return
@@ -467,22 +465,16 @@ class Worker:
 
     async def _start_once_alive(self, claims: list[Claim], stale_since: float) -> None:
         """Start ``claims`` if the next beat finds this worker alive; else drop them:
-        the reaper dispatched them again, or this worker's own recovery of stranded
-        entries will (``recover_stranded``)."""
-        heartbeat = self.heartbeat
-        for _ in range(int((self.app.worker_ttl + self.app.heartbeat) / CONFIRM_TICK)):
-            if heartbeat is None or self.rejoin_reason is not None or self.stopping:
-                break
-            if heartbeat.last_ok > stale_since and self.live.is_set():
-                self._start_now(claims)
-                return
-            await asyncio.sleep(CONFIRM_TICK)
-        log.warning(
-            "%d steps claimed before this worker was paused past its ttl were not "
-            "started (it was declared dead meanwhile, or is stopping): they are "
-            "dispatched again",
-            len(claims),
-        )
+        the reaper dispatched them again, or ``recover_stranded`` will."""
+        if await self.membership.alive_since(stale_since, lambda: self.stopping):
+            self._start_now(claims)
+        else:
+            log.warning(
+                "%d steps claimed before this worker was paused past its ttl were not "
+                "started (it was declared dead meanwhile, or is stopping): they are "
+                "dispatched again",
+                len(claims),
+            )
 
     def _start_now(self, claims: list[Claim]) -> None:
         for claim in claims:

@@ -492,6 +492,7 @@ def _disturbed(o: Outcome, live: Liveness, first: StepLine, retry: StepLine) -> 
     busy = [(p.stopped_at, p.resumed_at or end) for p in o.pauses if p.worker_id == first.worker]
     busy += [(t, t + o.config.redis_down + 1) for t in o.redis_restarts]
     busy += [(a, b + 1) for a, b in o.memory_outages]
+    busy += [(a, b + 1) for a, b in o.redis_pauses]
     busy += [
         (x.stopping_at, end)
         for x in live.lives[first.worker]
@@ -574,6 +575,7 @@ def counts(o: Outcome) -> dict[str, Any]:
         "back under the same id": sum(k.back_as == k.worker_id for k in o.kills if not k.gap),
         "back under a new id": sum(k.back_as != k.worker_id for k in o.kills),
         "redis restarts": len(o.redis_restarts),
+        "redis paused (s)": round(sum(b - a for a, b in o.redis_pauses), 1),
         "pauses past the ttl": sum(p.past_ttl(o.config) for p in o.pauses),
         "pauses within the ttl": sum(not p.past_ttl(o.config) for p in o.pauses),
         "declared dead after a pause": sum(len(x.times("was declared dead")) for x in o.lives),

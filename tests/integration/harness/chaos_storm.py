@@ -18,6 +18,8 @@ their timeout. For ``config.seconds`` it:
 - once, crashes Redis and starts it again;
 - once, lowers Redis's maxmemory under what it uses (``noeviction``) for
   ``memory_full`` seconds, longer than the ttl: every write is refused;
+- once, pauses Redis (CLIENT PAUSE ALL) for ``redis_pause`` seconds, longer than
+  the ttl: every command waits, and no client sees an error;
 - acts as a supervisor: a worker that stops by itself is started again.
 
 Then everyone is brought back, the runs are waited for, and everything needed
@@ -94,6 +96,8 @@ class Config:
     code_gap: float = 1.5  # seconds only p1 is up
     memory_full_at: float | None = 0.7  # share of ``seconds``; None: never
     memory_full: float = 3.0  # seconds Redis refuses writes: more than worker_ttl
+    redis_pause_at: float | None = 0.5  # share of ``seconds``; None: never
+    redis_pause: float = 2.5  # seconds Redis holds every command: more than worker_ttl
     hang_every: float | None = 5.0  # seconds between two Hang runs; None: none
     hang_for: float = 3.0  # how long a hung step sleeps (its timeout is 0.3 s)
 
@@ -172,6 +176,7 @@ class Outcome:
     lives: list[WorkerProcess]
     kills: list[Kill]
     redis_restarts: list[float]
+    redis_pauses: list[tuple[float, float]]
     dead_letters: list[dict[str, Any]]
     garbage: int  # entries XADDed by hand
     leftovers: list[Leftover]
@@ -208,6 +213,7 @@ class Storm:
         self.exits: list[Exit] = []  # workers that stopped by themselves
         self.stops: list[Exit] = []  # workers stopped by a SIGTERM of the storm's
         self.redis_restarts: list[float] = []
+        self.redis_pauses: list[tuple[float, float]] = []
         self.memory_outages: list[tuple[float, float]] = []
         self.code_gaps: list[tuple[float, float]] = []
         self.slots = {n: f"w{n}" for n in range(1, config.workers + 1)}  # slot -> current id
@@ -316,6 +322,7 @@ class Storm:
         next_pause = t0 + self.random.uniform(*cfg.pause_every) if cfg.pause_every else None
         restart_at = at(cfg.redis_restart_at)
         memory_at = at(cfg.memory_full_at)
+        redis_pause_at = at(cfg.redis_pause_at)
         gap_at = at(cfg.code_gap_at) if cfg.partial else None
         garbage_at: float | None = t0 + cfg.seconds * 0.3
         every = cfg.hang_every or 0.0  # no Hang runs planned without it
@@ -359,6 +366,9 @@ class Storm:
             if memory_at is not None and now >= memory_at and quiet:
                 memory_at = None
                 self._fill_memory(app)
+            if redis_pause_at is not None and now >= redis_pause_at and quiet and not paused:
+                redis_pause_at = None
+                self._pause_redis(app)
             if garbage_at is not None and now >= garbage_at:
                 garbage_at = None
                 self._add_garbage(app)
@@ -577,6 +587,20 @@ class Storm:
         self.full_until = None
         return True
 
+    def _pause_redis(self, app: Any) -> None:
+        """CLIENT PAUSE ALL: every client's commands wait (this loop's too), and
+        nobody sees an error; the beats land late, all at once."""
+        ms = int(self.config.redis_pause * 1000)
+        try:
+            app.client.redis.execute_command("CLIENT", "PAUSE", ms, "ALL")
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            return
+        start = time.time()
+        self.redis_pauses.append((start, start + self.config.redis_pause))
+        self.say(f"redis paused for {self.config.redis_pause}s")
+
     def _add_garbage(self, app: Any) -> None:
         queue = app.keys.queue("default")
         # Two malformed entries (dead-lettered); a well formed one naming no run is
@@ -662,6 +686,7 @@ class Storm:
             lives=list(workers.lives),
             kills=list(self.kills),
             redis_restarts=list(self.redis_restarts),
+            redis_pauses=list(self.redis_pauses),
             dead_letters=app.client.dead_letters(limit=1000),
             garbage=self.garbage,
             leftovers=left,
