@@ -126,6 +126,7 @@ class Worker:
         )
         self.stopping = False
         self._confirming: set[asyncio.Future[None]] = set()  # claims held after a pause
+        self._held: set[str] = set()  # their entries, as steps.Job.key names them
         self.exit_code = 0
         self._hand_off = True
         self._fatal: BaseException | None = None  # why the worker stopped itself, raised by main
@@ -458,8 +459,11 @@ class Worker:
             # Claimed, then paused past the ttl (SIGSTOP, a frozen VM) before they
             # started: the reaper may have run them elsewhere meanwhile. A beat says.
             task = asyncio.ensure_future(self._start_once_alive(claims, stale_since))
+            held = {f"{c.stream} {c.entry_id}" for c in claims if c.kind == "run"}
+            self._held |= held  # not stranded meanwhile (recover_stranded)
             self._confirming.add(task)
             task.add_done_callback(self._confirming.discard)
+            task.add_done_callback(lambda _: self._held.difference_update(held))
             return
         self._start_now(claims)
 
@@ -499,5 +503,5 @@ class Worker:
     async def recover_stranded(self) -> int:
         """Dispatch again the entries pending on this worker that it is not running
         (``fetch.py``). Only the fetch loop calls this, so no read is under way."""
-        known = set(self.running) | self.completer.entries()
+        known = set(self.running) | self.completer.entries() | self._held
         return await self.fetcher.recover_stranded(known, self.reaper)

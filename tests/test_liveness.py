@@ -500,6 +500,7 @@ def test_steps_claimed_before_a_pause_past_the_ttl_start_only_if_a_beat_finds_it
             await w1.fetch(None)  # claimed, but held: the worker stood still too long
             await asyncio.sleep(0.1)
             assert not w1.running and ran == []
+            assert await w1.recover_stranded() == 0  # held, not stranded: not sent again
             if verdict == "reaped":  # the reaper took it for dead meanwhile
                 clock.advance(app.worker_ttl + 1)
                 await w2.beat()
