@@ -49,6 +49,10 @@ class Connections:
         self._loops: dict[asyncio.AbstractEventLoop, LoopSide] = {}
         self._last_loop: LoopSide | None = None
         self._lock = threading.Lock()
+        # Resend a command whose connection broke (connections.retry_kwargs), for the
+        # pools made from now on. A worker turns it off: it fences and sends its own
+        # again (completion.py, fetch.py), and a resend under it ran a step twice.
+        self.resend = True
         self._lock_pid = os.getpid()
 
     # redis-py annotates every command with one union of sync and async replies;
@@ -64,7 +68,7 @@ class Connections:
                         str(self.app.redis_url),
                         max_connections=self.app.pool_size,
                         timeout=self.app.pool_timeout,
-                        **retry_kwargs(asynchronous=False),
+                        **(retry_kwargs(asynchronous=False) if self.resend else {}),
                     )
                     sync = self._sync = Redis(connection_pool=pool)
         return sync
@@ -122,7 +126,7 @@ class Connections:
             str(self.app.redis_url),
             max_connections=self.app.pool_size,
             timeout=self.app.pool_timeout,
-            **retry_kwargs(asynchronous=True),
+            **(retry_kwargs(asynchronous=True) if self.resend else {}),
         )
         client = aioredis.Redis(connection_pool=pool)
         return LoopSide(loop, client, owned=True, forget=self._forget_loop)

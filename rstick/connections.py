@@ -33,11 +33,11 @@ log = logging.getLogger("rstick.client")
 POOL_SIZE, POOL_TIMEOUT = defaults.POOL_SIZE, defaults.POOL_TIMEOUT
 LOOP_CLOSE_TIMEOUT = 5.0  # seconds close() waits for another thread's loop to close its side
 
-# A command whose connection broke (killed, timed out by the server, Redis restarted)
-# is sent again on a new one, a few times: what rstick sends is safe to resend
-# (enqueue is idempotent by run id; a worker's scripts fence resends, see
-# complete.lua and take.lua). Without it a pooled connection the server closed
-# while idle failed the next command, though Redis was up.
+# A client's command whose connection broke (killed, timed out by the server, Redis
+# restarted) is sent again on a new one, a few times: enqueue is idempotent by run
+# id, and reads are reads. Without it a pooled connection the server closed while
+# idle failed the next command, though Redis was up. Workers do without it
+# (Connections.resend).
 RETRIES = 3
 RETRY_BACKOFF = dict(cap=0.5, base=0.05)  # seconds: 0.05, 0.1, 0.2
 

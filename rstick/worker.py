@@ -79,6 +79,7 @@ class Worker:
         for queue in queues or ():
             check_name("queue", queue, ValueError)
         self.app = app
+        app.client.resend = False  # see Connections.resend
         self.keys = app.keys
         self._id = default_worker_id() if worker_id is None else worker_id
         check_name("worker id", self._id, ValueError)
