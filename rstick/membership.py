@@ -73,6 +73,7 @@ class Membership:
         self.beat_ms = 0  # Redis time of the last good beat (or of the join)
         self.live = asyncio.Event()  # the heartbeat holds: the worker may claim
         self.rejoin: str | None = None  # why the worker must rejoin before it claims
+        self.died_at = 0.0  # time.monotonic() a beat last found it declared dead or forgotten
 
     @property
     def ttl_ms(self) -> int:
@@ -208,10 +209,13 @@ class Membership:
     async def alive_since(self, stale_since: float, stopping: Callable[[], bool]) -> bool:
         """Whether a beat after ``stale_since`` found this worker alive (not declared
         dead meanwhile); False once it learns otherwise, stops, or no beat comes
-        within a ttl and a heartbeat."""
+        within a ttl and a heartbeat. (A death is known by its time: the worker may
+        have rejoined already, before or between two looks here.)"""
         heartbeat = self.heartbeat
         for _ in range(int((self.app.worker_ttl + self.app.heartbeat) / CONFIRM_TICK)):
             if heartbeat is None or self.rejoin is not None or stopping():
+                return False
+            if self.died_at >= stale_since:
                 return False
             if heartbeat.last_ok > stale_since and self.live.is_set():
                 return True
@@ -269,7 +273,9 @@ class Membership:
             )
             self.live.clear()
             return True
-        elif self.rejoin is None and result in ("reaped", "unknown"):
+        elif result in ("reaped", "unknown"):
+            self.died_at = time.monotonic()  # kept after it rejoins (alive_since)
+        if self.rejoin is None and result in ("reaped", "unknown"):
             self.live.clear()
             self.rejoin = result
             self._say_why_it_rejoins(result)

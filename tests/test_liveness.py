@@ -478,7 +478,7 @@ class StandInHeartbeat:
         pass
 
 
-@pytest.mark.parametrize("verdict", ["reaped", "ok"])
+@pytest.mark.parametrize("verdict", ["reaped", "reaped, rejoined at once", "ok"])
 def test_steps_claimed_before_a_pause_past_the_ttl_start_only_if_a_beat_finds_it_alive(
     app: Rstick, clock: FakeClock, verdict: str
 ) -> None:
@@ -501,12 +501,18 @@ def test_steps_claimed_before_a_pause_past_the_ttl_start_only_if_a_beat_finds_it
             await asyncio.sleep(0.1)
             assert not w1.running and ran == []
             assert await w1.recover_stranded() == 0  # held, not stranded: not sent again
-            if verdict == "reaped":  # the reaper took it for dead meanwhile
+            if verdict.startswith("reaped"):  # the reaper took it for dead meanwhile
                 clock.advance(app.worker_ttl + 1)
                 await w2.beat()
                 assert (await Reaper(app, "w2").reap(lead=False)).dead_workers == ["w1"]
-            stand_in.last_ok = time.monotonic()  # the first beat after waking
-            w1.membership.on_beat(verdict)
+            if verdict == "reaped, rejoined at once":  # before the held steps look again
+                w1.membership.on_beat("reaped")
+                await w1.rejoin()
+                stand_in.last_ok = time.monotonic()
+                w1.membership.on_beat("ok")
+            else:
+                stand_in.last_ok = time.monotonic()  # the first beat after waking
+                w1.membership.on_beat(verdict)
             for _ in range(20):
                 await asyncio.sleep(0.05)
                 if not w1._confirming:
@@ -524,4 +530,4 @@ def test_steps_claimed_before_a_pause_past_the_ttl_start_only_if_a_beat_finds_it
     assert ref.result(timeout=1) == ran[0]
     succeeded = [e["a"] for e in events(app, ref.run_id, "succeeded")]
     # Reaped: attempt 1, held on w1, never ran; attempt 2 ran (on whichever).
-    assert succeeded == (["2"] if verdict == "reaped" else ["1"])
+    assert succeeded == (["1"] if verdict == "ok" else ["2"])
