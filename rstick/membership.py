@@ -306,6 +306,8 @@ class Membership:
         half-way: the fetch loop calls this again, and it all happens again (each
         part may run twice)."""
         await self.join()
+        if self.heartbeat is not None:  # the join set a fresh deadline: a good beat
+            self.heartbeat.last_ok = time.monotonic()
         took = await take_back()
         self.rejoin = None
         if took:

@@ -475,10 +475,9 @@ class Worker:
             self._start_now(claims)
         else:
             log.warning(
-                "%d steps claimed before this worker was paused past its ttl were not "
-                "started (it was declared dead meanwhile, or is stopping): they are "
-                "dispatched again",
-                len(claims),
+                "%s claimed before this worker stood still past its ttl not started "
+                "(taken for dead meanwhile, or stopping): dispatched again",
+                plural(len(claims), "step"),
             )
 
     def _start_now(self, claims: list[Claim]) -> None:

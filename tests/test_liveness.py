@@ -508,7 +508,8 @@ def test_steps_claimed_before_a_pause_past_the_ttl_start_only_if_a_beat_finds_it
             if verdict == "reaped, rejoined at once":  # before the held steps look again
                 w1.membership.on_beat("reaped")
                 await w1.rejoin()
-                stand_in.last_ok = time.monotonic()
+                # Its join was a good beat: what it claims from now on starts at once.
+                assert w1.membership.paused_past_ttl() is None
                 w1.membership.on_beat("ok")
             else:
                 stand_in.last_ok = time.monotonic()  # the first beat after waking
