@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.integration.harness.chaos_checks import counts, verify
 from tests.integration.harness.chaos_storm import Config, Storm
@@ -62,6 +63,28 @@ def share(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}")
     return value
+
+
+def timed_fault(
+    f: Any,  # the parser group of the faults
+    name: str,
+    *,
+    off: str,
+    seconds: tuple[float, str],
+    at: tuple[float | None, str],
+) -> None:
+    """A fault that happens once, for some seconds: --no-NAME, --NAME S (how long,
+    and what it is) and --NAME-at (when, as a share of the storm)."""
+    f.add_argument(f"--no-{name}", action="store_true", help=off)
+    f.add_argument(
+        f"--{name}", type=float, default=seconds[0], metavar="S", help=f"{seconds[1]} (%(default)s)"
+    )
+    f.add_argument(
+        f"--{name}-at",
+        type=share,
+        default=at[0],
+        help=f"{at[1]}, as a share of the storm (%(default)s)",
+    )
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -156,19 +179,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     f.add_argument(
         "--no-partial", action="store_true", help="no worker without the sticky workflows"
     )
-    f.add_argument("--no-code-gap", action="store_true", help="never stop every worker with code")
-    f.add_argument(
-        "--code-gap",
-        type=float,
-        default=d.code_gap,
-        metavar="S",
-        help="seconds only the worker without the code is up (%(default)s)",
-    )
-    f.add_argument(
-        "--code-gap-at",
-        type=share,
-        default=d.code_gap_at,
-        help="when the code gap opens, as a share of the storm (%(default)s)",
+    timed_fault(
+        f,
+        "code-gap",
+        off="never stop every worker with code",
+        seconds=(d.code_gap, "seconds only the worker without the code is up"),
+        at=(d.code_gap_at, "when the code gap opens"),
     )
     f.add_argument("--no-redis-restart", action="store_true", help="leave Redis running")
     f.add_argument(
@@ -184,33 +200,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         metavar="S",
         help="seconds Redis stays down (%(default)s)",
     )
-    f.add_argument("--no-memory-full", action="store_true", help="never fill Redis's memory")
-    f.add_argument(
-        "--memory-full",
-        type=float,
-        default=d.memory_full,
-        metavar="S",
-        help="seconds Redis refuses writes, more than --worker-ttl (%(default)s)",
+    timed_fault(
+        f,
+        "memory-full",
+        off="never fill Redis's memory",
+        seconds=(d.memory_full, "seconds Redis refuses writes, more than --worker-ttl"),
+        at=(d.memory_full_at, "when Redis's memory fills"),
     )
-    f.add_argument(
-        "--memory-full-at",
-        type=share,
-        default=d.memory_full_at,
-        help="when Redis's memory fills, as a share of the storm (%(default)s)",
-    )
-    f.add_argument("--no-redis-pause", action="store_true", help="never pause Redis")
-    f.add_argument(
-        "--redis-pause",
-        type=float,
-        default=d.redis_pause,
-        metavar="S",
-        help="seconds Redis holds every command, more than --worker-ttl (%(default)s)",
-    )
-    f.add_argument(
-        "--redis-pause-at",
-        type=share,
-        default=d.redis_pause_at,
-        help="when Redis pauses, as a share of the storm (%(default)s)",
+    timed_fault(
+        f,
+        "redis-pause",
+        off="never pause Redis",
+        seconds=(d.redis_pause, "seconds Redis holds every command, more than --worker-ttl"),
+        at=(d.redis_pause_at, "when Redis pauses"),
     )
     f.add_argument("--no-hangs", action="store_true", help="no step hangs past its timeout")
     f.add_argument(

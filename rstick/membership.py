@@ -51,9 +51,11 @@ class Membership:
         taken: Callable[[], None] = lambda: None,
         fatal: Callable[[BaseException], None] = lambda _: None,
         beat_came: Callable[[], None] = lambda: None,
+        code: str | None = None,
     ) -> None:
         """``instance``: this process's token for the id; ``running``: how many
-        steps the worker runs now (its record shows it). The heartbeat calls
+        steps the worker runs now (its record shows it); ``code``: the app's code
+        words (protocol.code_words), made once by the worker. The heartbeat calls
         ``taken`` when another process took the id, ``fatal`` when Redis refuses the
         login, ``beat_came`` after every beat it made sense of."""
         self.app = app
@@ -63,6 +65,7 @@ class Membership:
         self.queues = queues
         self.streams = streams
         self.concurrency = concurrency
+        self.code = code if code is not None else code_words(app.workflows.values())
         self._running = running
         self._taken = taken
         self._fatal = fatal
@@ -159,7 +162,7 @@ class Membership:
             "running": self._running(),
             "heartbeat": self.app.heartbeat,
             "workflows": " ".join(self.app.workflows),
-            "code": code_words(self.app.workflows.values()),  # with its steps (protocol.py)
+            "code": self.code,  # what it can run, for its peers (lib.lua capable_worker)
         }
         args: list[Any] = [self.keys.prefix, self.worker_id, self.instance, self.ttl_ms]
         for field, value in record.items():

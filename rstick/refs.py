@@ -71,6 +71,40 @@ def _shape(run: Run, outs: dict[str, Any]) -> Any:
     return {s.name: outs.get(s.name) for s in run.steps}
 
 
+class Looks:
+    """When a wait (``RunRef._wait``, ``AsyncRunRef._wait``) looks at its run: when
+    woken, and every ``poll`` seconds in any case, every OUTAGE_LOOK seconds while
+    Redis is away; and when it gives up."""
+
+    def __init__(self, run_id: str, timeout: float | None, poll: float) -> None:
+        self.run_id, self.timeout, self.poll = run_id, timeout, poll
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.pause = poll
+        self.once = False  # it looked at least once: a timeout may end it now
+
+    def next_wait(self) -> float:
+        """Seconds to wait before the next look; ResultTimeout once past the
+        deadline (after one look at least: a run done already is no timeout)."""
+        wait = self.pause
+        if self.deadline is not None:
+            wait = min(wait, self.deadline - time.monotonic())
+            if self.once and wait <= 0:
+                raise ResultTimeout(f"run {self.run_id} did not finish in {self.timeout}s")
+        return max(wait, 0.0)
+
+    def looked(self) -> None:
+        self.once, self.pause = True, self.poll
+
+    def failed(self, exc: BaseException, *, closed: bool) -> None:
+        """A look failed: ClientClosed if the client closed under it; Redis away,
+        look again soon (the run goes on without us); else ``exc`` again."""
+        if closed:
+            raise ClientClosed(self.run_id) from None
+        if not is_outage(exc):
+            raise exc
+        self.once, self.pause = True, OUTAGE_LOOK
+
+
 class RunRef:
     """A handle on a run: its id, its state, and its result once it finishes."""
 
@@ -103,20 +137,13 @@ class RunRef:
         it is confirmed, when the run's notice comes, after a reconnection; and
         every ``client.poll`` seconds in any case."""
         client = self.client
-        deadline = None if timeout is None else time.monotonic() + timeout
+        looks = Looks(self.run_id, timeout, client.poll)
         redis = client.redis  # this one all along: once closed, it reopens nothing
         notices = client.notices
         waiter = notices.watch(client.keys.done(self.run_id).encode())
         try:
-            looked = False
-            pause = client.poll
             while True:
-                wait = pause
-                if deadline is not None:
-                    wait = min(wait, deadline - time.monotonic())
-                    if looked and wait <= 0:
-                        raise ResultTimeout(f"run {self.run_id} did not finish in {timeout}s")
-                waiter.event.wait(max(wait, 0.0))
+                waiter.event.wait(looks.next_wait())
                 if notices.closed:
                     raise ClientClosed(self.run_id)
                 waiter.event.clear()
@@ -125,14 +152,9 @@ class RunRef:
                     if raw is not None and RunStatus(raw.decode()) in FINISHED:
                         return outcome(client.keys, redis, self.run_id)
                 except (RedisError, ClientClosed) as exc:
-                    if notices.closed:  # closed under this look
-                        raise ClientClosed(self.run_id) from None
-                    if not is_outage(exc):
-                        raise
-                    # Redis is away: the run goes on without us; look again soon.
-                    looked, pause = True, OUTAGE_LOOK
+                    looks.failed(exc, closed=notices.closed)
                     continue
-                looked, pause = True, client.poll
+                looks.looked()
                 if raw is None:
                     raise RunNotFound(self.run_id)
         finally:
@@ -165,21 +187,15 @@ class AsyncRunRef:
     async def _wait(self, timeout: float | None) -> Any:
         """As ``RunRef._wait``, on this event loop's subscription."""
         client = self.client
-        deadline = None if timeout is None else time.monotonic() + timeout
+        looks = Looks(self.run_id, timeout, client.poll)
         side = client._loop_side()  # this one all along: once closed, it reopens nothing
         notices = side.notices
         waiter: AsyncWaiter = notices.watch(client.keys.done(self.run_id).encode())
         try:
-            looked = False
-            pause = client.poll
             while True:
-                wait = pause
-                if deadline is not None:
-                    wait = min(wait, deadline - time.monotonic())
-                    if looked and wait <= 0:
-                        raise ResultTimeout(f"run {self.run_id} did not finish in {timeout}s")
+                wait = looks.next_wait()
                 if not waiter.future.done():
-                    await asyncio.wait((waiter.future,), timeout=max(wait, 0.0))
+                    await asyncio.wait((waiter.future,), timeout=wait)
                 if notices.closed:
                     raise ClientClosed(self.run_id)
                 waiter.rearm()
@@ -190,13 +206,9 @@ class AsyncRunRef:
                     if raw is not None and RunStatus(raw.decode()) in FINISHED:
                         return await aoutcome(client.keys, side.redis, self.run_id)
                 except (RedisError, ClientClosed) as exc:
-                    if notices.closed:  # closed under this look
-                        raise ClientClosed(self.run_id) from None
-                    if not is_outage(exc):
-                        raise
-                    looked, pause = True, OUTAGE_LOOK  # as RunRef._wait
+                    looks.failed(exc, closed=notices.closed)
                     continue
-                looked, pause = True, client.poll
+                looks.looked()
                 if raw is None:
                     raise RunNotFound(self.run_id)
         finally:

@@ -37,6 +37,12 @@ CANCEL_GRACE = 1.0  # seconds an async step past its timeout has to honour its c
 StepResult = tuple[str, bytes, int]  # kind, payload, delay_ms: see protocol.Outcome
 
 
+def entry_key(stream: str, entry_id: str) -> str:
+    """An entry this worker holds, by the name its running jobs go by: unique, for
+    two streams can hand out one entry id in the same ms."""
+    return f"{stream} {entry_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """A claimed step: everything needed to run it and to complete it."""
@@ -52,8 +58,7 @@ class Job:
 
     @property
     def key(self) -> str:
-        """Unique among running jobs: two streams can hand out one entry id in the same ms."""
-        return f"{self.stream} {self.entry_id}"
+        return entry_key(self.stream, self.entry_id)
 
 
 class StepRunner:

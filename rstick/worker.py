@@ -47,7 +47,7 @@ from .process import serve
 from .protocol import Claim, code_words
 from .reaper import Reaper
 from .scripts import Scripts
-from .steps import Job, StepResult, StepRunner
+from .steps import Job, StepResult, StepRunner, entry_key
 from .threads import StepThreads
 
 log = logging.getLogger("rstick.worker")
@@ -124,10 +124,11 @@ class Worker:
             taken=lambda: self.request_stop(1, hand_off=False),
             fatal=self._on_fatal,
             beat_came=self._wake.set,
+            code=serves,
         )
         self.stopping = False
         self._confirming: set[asyncio.Future[None]] = set()  # claims held after a pause
-        self._held: set[str] = set()  # their entries, as steps.Job.key names them
+        self._held: set[str] = set()  # their entries (steps.entry_key)
         self.exit_code = 0
         self._hand_off = True
         self._fatal: BaseException | None = None  # why the worker stopped itself, raised by main
@@ -460,7 +461,7 @@ class Worker:
             # Claimed, then paused past the ttl (SIGSTOP, a frozen VM) before they
             # started: the reaper may have run them elsewhere meanwhile. A beat says.
             task = asyncio.ensure_future(self._start_once_alive(claims, stale_since))
-            held = {f"{c.stream} {c.entry_id}" for c in claims if c.kind == "run"}
+            held = {entry_key(c.stream, c.entry_id) for c in claims if c.kind == "run"}
             self._held |= held  # not stranded meanwhile (recover_stranded)
             self._confirming.add(task)
             task.add_done_callback(self._confirming.discard)

@@ -417,6 +417,17 @@ def test_when_redis_stood_still_past_the_ttl_nobody_is_taken_for_dead(
     run(scenario())
 
 
+async def dead_within_a_ttl(app: Rstick, clock: FakeClock, judge: Worker) -> list[str]:
+    """The workers ``judge``'s reaper finds dead over a ttl and two heartbeats, while
+    it beats every heartbeat (activity: Redis goes on)."""
+    dead: list[str] = []
+    for _ in range(int(app.worker_ttl / app.heartbeat) + 2):
+        clock.advance(app.heartbeat)
+        await judge.beat()
+        dead += (await Reaper(app, judge.id()).reap()).dead_workers
+    return dead
+
+
 def test_a_worker_that_stops_beating_while_others_beat_is_dead_after_its_ttl(
     app: Rstick, clock: FakeClock
 ) -> None:
@@ -426,12 +437,7 @@ def test_a_worker_that_stops_beating_while_others_beat_is_dead_after_its_ttl(
     async def scenario() -> None:
         async with started(app, "w1", "w2") as [w1, w2]:
             await w1.beat()
-            dead: list[str] = []
-            for _ in range(int(app.worker_ttl / app.heartbeat) + 2):  # w1 beats no more
-                clock.advance(app.heartbeat)
-                await w2.beat()
-                dead += (await Reaper(app, "w2").reap()).dead_workers
-            assert dead == ["w1"]
+            assert await dead_within_a_ttl(app, clock, w2) == ["w1"]  # w1 beats no more
 
     run(scenario())
 
@@ -447,12 +453,7 @@ def test_a_worker_that_died_during_a_standstill_is_dead_a_ttl_after_it(
             await w2.beat()
             clock.advance(app.worker_ttl + 5)  # the standstill; w1 dies in it
             assert (await Reaper(app, "w2").reap()).dead_workers == []  # grace for all
-            dead: list[str] = []
-            for _ in range(int(app.worker_ttl / app.heartbeat) + 2):
-                clock.advance(app.heartbeat)
-                await w2.beat()
-                dead += (await Reaper(app, "w2").reap()).dead_workers
-            assert dead == ["w1"]
+            assert await dead_within_a_ttl(app, clock, w2) == ["w1"]
 
     run(scenario())
 

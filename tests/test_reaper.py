@@ -66,6 +66,17 @@ async def kill(worker: Worker) -> None:
     await stop_beating(worker.app, worker.id())
 
 
+async def w1_dies_holding_its_run(app: Rstick) -> Worker:
+    """Workers w1 and w2; w1 takes the run's first step and dies before running it.
+    Returns w2."""
+    w1, w2 = Worker(app, worker_id="w1"), Worker(app, worker_id="w2")
+    await w1.start()
+    await w2.start()
+    await take_without_running(w1)
+    await kill(w1)
+    return w2
+
+
 async def drain(*workers: Worker, rounds: int = 20) -> None:
     for _ in range(rounds):
         if not sum([await w.run_once() for w in workers]):
@@ -129,11 +140,7 @@ def test_hard_run_is_parked_and_resumed_by_its_worker(app: Rstick) -> None:
     ref = app.enqueue("Flow")
 
     async def scenario() -> None:
-        w1, w2 = Worker(app, worker_id="w1"), Worker(app, worker_id="w2")
-        await w1.start()
-        await w2.start()
-        await take_without_running(w1)
-        await kill(w1)
+        w2 = await w1_dies_holding_its_run(app)
         report = await Reaper(app, "w2").reap()
         assert report.runs["parked"] == [ref.run_id]
         assert app.get_run(ref.run_id).parked_until is not None
@@ -162,11 +169,7 @@ def test_a_dead_worker_whose_runs_stay_parked_is_logged_once(
     ref = app.enqueue("Flow")
 
     async def scenario() -> None:
-        w1, w2 = Worker(app, worker_id="w1"), Worker(app, worker_id="w2")
-        await w1.start()
-        await w2.start()
-        await take_without_running(w1)
-        await kill(w1)
+        await w1_dies_holding_its_run(app)
         caplog.set_level(logging.INFO, logger="rstick.reaper")
         reaper = Reaper(app, "w2")
         for _ in range(5):
@@ -243,11 +246,7 @@ def test_plain_job_of_a_dead_worker_is_dispatched_again(app: Rstick) -> None:
     ref = app.enqueue("job")
 
     async def scenario() -> None:
-        w1, w2 = Worker(app, worker_id="w1"), Worker(app, worker_id="w2")
-        await w1.start()
-        await w2.start()
-        await take_without_running(w1)
-        await kill(w1)
+        w2 = await w1_dies_holding_its_run(app)
         report = await Reaper(app, "w2").reap()
         assert report.redispatched == 1
         await drain(w2)
