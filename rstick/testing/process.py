@@ -65,7 +65,6 @@ class WorkerProcess:
         self.app = app
         self.skew = skew
         self.spawned_at = time.time()
-        self.worker_pid: int | None = None
         self.signals: list[str] = []
         self.ended_at: float | None = None
         self.exit_code: int | None = None
@@ -77,7 +76,7 @@ class WorkerProcess:
 
     @property
     def pid(self) -> int:
-        return self.worker_pid or self.proc.pid
+        return self.proc.pid
 
     @property
     def alive(self) -> bool:

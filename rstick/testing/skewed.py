@@ -1,15 +1,13 @@
 """``rstick`` for a process whose wall clock is skewed by Debian's libfaketime:
 
-    FAKETIME_DONT_FAKE_MONOTONIC=1 faketime -f -11s \\
+    LD_PRELOAD=.../libfaketimeMT.so.1 FAKETIME=-11s FAKETIME_DONT_FAKE_MONOTONIC=1 \\
         python -m rstick.testing.skewed worker myapp.tasks:app ...
 
-``WorkerProcesses.start(..., skew=-11)`` runs it so. Two things the plain
-``rstick`` launcher does not need:
+``WorkerProcesses.start(..., skew=-11)`` runs it so (``processes.faketime_env``).
+What the plain ``rstick`` launcher does not need:
 
-- ``faketime`` forks the command and waits for it, so signals sent to the
-  process the test started reach the wrapper, not the worker: the harness
-  signals the worker's own pid (``processes.py``), and the worker dies with its
-  wrapper (PR_SET_PDEATHSIG), as the wrapper dies with the test.
+- the worker dies with the process that started it (PR_SET_PDEATHSIG), as under
+  the ``faketime`` wrapper it died with that;
 - libfaketime 0.9.10 (Debian 12) turns Python 3.11's ``time.sleep`` into
   ``EINVAL`` when it leaves the monotonic clock alone: it shifts the absolute
   ``clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME)`` deadline by the fake offset

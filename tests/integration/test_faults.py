@@ -13,7 +13,6 @@ those of the faults themselves, never a hope that something happened meanwhile.
 from __future__ import annotations
 
 import asyncio
-import glob
 import json
 import os
 import signal
@@ -39,7 +38,7 @@ from rstick import Rstick, RunFailed, RunRef  # noqa: E402
 from rstick.embedded import RedisServer  # noqa: E402
 from rstick.reap_report import ReapReport  # noqa: E402
 from rstick.reaper import Reaper  # noqa: E402
-from rstick.testing.processes import wait_until  # noqa: E402
+from rstick.testing.processes import faketime_env, wait_until  # noqa: E402
 from tests.integration.harness.chaos_app import BRIEF_TIMEOUT  # noqa: E402
 from tests.integration.harness.chaos_harness import (  # noqa: E402
     ChaosWorkers,
@@ -58,7 +57,6 @@ DEADLINE = 60.0  # for a condition that should come within seconds: the machine 
 LACKING_APP = "tests.integration.harness.lacking_app:app"
 OLD_DEPLOY_APP = "tests.integration.harness.old_deploy_app:app"
 # Debian's libfaketime (package faketime): the variant for threaded programs.
-LIBFAKETIME = ("/usr/lib/*/faketime/libfaketimeMT.so.1", "/usr/lib/faketime/libfaketimeMT.so.1")
 
 
 @dataclass
@@ -174,13 +172,12 @@ def faked_clock(offset: str) -> dict[str, str]:
     """The environment that runs a process with its wall clock ``offset`` ("-11s") away,
     by Debian's libfaketime, without the ``faketime`` wrapper (it forks: signals
     would reach the wrapper, not the worker). Monotonic time stays true."""
-    lib = next((path for pattern in LIBFAKETIME for path in glob.glob(pattern)), None)
-    if lib is None:
-        message = "libfaketime not found: apt-get install faketime"
+    try:
+        return faketime_env(offset)
+    except RuntimeError as exc:
         if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return {"LD_PRELOAD": lib, "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
