@@ -98,7 +98,7 @@ class Config:
     memory_full: float = 3.0  # seconds Redis refuses writes: more than worker_ttl
     redis_pause_at: float | None = 0.5  # share of ``seconds``; None: never
     redis_pause: float = 2.5  # seconds Redis holds every command: more than worker_ttl
-    hang_every: float | None = 5.0  # seconds between two Hang runs; None: none
+    hang_every: float | None = 3.0  # seconds between two Hang runs; None: none
     hang_for: float = 3.0  # how long a hung step sleeps (its timeout is 0.3 s)
 
 
